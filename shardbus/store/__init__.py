@@ -1,0 +1,1 @@
+"""The controlling domain's storage in Redis: mapping table and backup store."""

@@ -1,0 +1,201 @@
+"""The mapping table: which holder has which fragment of which secret.
+
+Each secret has one record in Redis, sealed with AES-256-GCM under a key
+derived from the master key, so Redis (and whoever reads its dump files)
+sees neither the placement nor the commitments. Even the secret's name is
+hidden: the Redis key is a keyed hash (a *tag*) of the name.
+
+Redis layout, for a deployment prefix ``P``::
+
+    P:secret:<tag>                     sealed SecretRecord
+    P:secrets                          set of tags, for listing
+    P:backup:<tag>:<version>:<index>   sealed fragment, for restore and
+                                       per-operation holders
+
+Backup copies are sealed for the holder slot named ``backup`` (see
+BACKUP_SLOT), so they open only with a fragment key derived for that slot,
+which the authorizer sends sealed to the one holder it loads them into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+
+from shardbus.crypto import aead
+from shardbus.crypto.keys import MasterKey
+from shardbus.errors import DecodeError
+
+RECORD_VERSION = 1
+BACKUP_SLOT = "backup"
+LIFECYCLES = ("pooled", "per_operation")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One fragment's home: its index and the holder that has it."""
+
+    index: int
+    holder_id: str
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """Everything the authorizer needs to serve one version of a secret."""
+
+    version: int
+    fragments: int
+    threshold: int
+    lifecycle: str
+    key_version: int
+    created_ms: int
+    placements: tuple[Placement, ...]
+    commitments: dict[int, bytes] = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    def holder_of(self, index: int) -> str | None:
+        for placement in self.placements:
+            if placement.index == index:
+                return placement.holder_id
+        return None
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """A secret's versions; `current` is the one requests get."""
+
+    name: str
+    current: int
+    versions: dict[int, VersionRecord]
+
+    def current_version(self) -> VersionRecord:
+        return self.versions[self.current]
+
+
+class MappingTable:
+    """The sealed mapping table and backup store in one Redis database."""
+
+    def __init__(self, redis: Redis, master_key: MasterKey, prefix: str = "shardbus") -> None:
+        self._redis = redis
+        self._key = master_key.mapping_key()
+        self._prefix = prefix
+
+    def tag(self, name: str) -> str:
+        """Return the keyed hash that stands for `name` in Redis keys."""
+        digest = hmac.new(self._key, b"shardbus/mapping-tag/v1\x00" + name.encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    def _record_key(self, name: str) -> str:
+        return f"{self._prefix}:secret:{self.tag(name)}"
+
+    def _backup_key(self, name: str, version: int, index: int) -> str:
+        return f"{self._prefix}:backup:{self.tag(name)}:{version}:{index}"
+
+    async def get(self, name: str) -> SecretRecord | None:
+        """Return the record for `name`, or None if no such secret is stored."""
+        blob = await self._redis.get(self._record_key(name))
+        if blob is None:
+            return None
+        return self._open(name, blob)
+
+    async def put(self, record: SecretRecord) -> None:
+        """Store `record`, replacing any earlier record for the same name."""
+        blob = self._seal(record)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._record_key(record.name), blob)
+            pipe.sadd(f"{self._prefix}:secrets", self.tag(record.name))
+            await pipe.execute()
+
+    async def delete(self, name: str) -> bool:
+        """Remove the record and every backup of `name`; return whether it existed."""
+        tag = self.tag(name)
+        backups = [key async for key in self._redis.scan_iter(match=f"{self._prefix}:backup:{tag}:*")]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._record_key(name), *backups)
+            pipe.srem(f"{self._prefix}:secrets", tag)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def list(self) -> list[SecretRecord]:
+        """Return every stored secret's record, sorted by name."""
+        records = []
+        for tag in await self._redis.smembers(f"{self._prefix}:secrets"):
+            tag = tag.decode() if isinstance(tag, bytes) else tag
+            blob = await self._redis.get(f"{self._prefix}:secret:{tag}")
+            if blob is not None:
+                records.append(self._open_tagged(tag, blob))
+        return sorted(records, key=lambda r: r.name)
+
+    async def put_backup(self, name: str, version: int, index: int, sealed_fragment: bytes) -> None:
+        await self._redis.set(self._backup_key(name, version, index), sealed_fragment)
+
+    async def get_backup(self, name: str, version: int, index: int) -> bytes | None:
+        return await self._redis.get(self._backup_key(name, version, index))
+
+    def _seal(self, record: SecretRecord) -> bytes:
+        document = {
+            "v": RECORD_VERSION,
+            "name": record.name,
+            "current": record.current,
+            "versions": [_version_to_doc(v) for v in record.versions.values()],
+        }
+        plaintext = msgpack.packb(document, use_bin_type=True)
+        return aead.seal(self._key, plaintext, self._aad(self.tag(record.name)))
+
+    def _open(self, name: str, blob: bytes) -> SecretRecord:
+        record = self._open_tagged(self.tag(name), blob)
+        if record.name != name:
+            raise DecodeError(f"mapping record for {name!r} names another secret")
+        return record
+
+    def _open_tagged(self, tag: str, blob: bytes) -> SecretRecord:
+        plaintext = aead.open_(self._key, blob, self._aad(tag))
+        try:
+            document = msgpack.unpackb(plaintext, raw=False, strict_map_key=False)
+            versions = [_version_from_doc(v) for v in document["versions"]]
+            if document["v"] != RECORD_VERSION:
+                raise DecodeError(f"mapping record format {document['v']} is not supported")
+            return SecretRecord(
+                name=document["name"],
+                current=document["current"],
+                versions={v.version: v for v in versions},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"mapping record {tag} is malformed: {type(exc).__name__}") from None
+
+    @staticmethod
+    def _aad(tag: str) -> bytes:
+        return b"shardbus/mapping/v1\x00" + tag.encode()
+
+
+def _version_to_doc(record: VersionRecord) -> dict[str, Any]:
+    return {
+        "version": record.version,
+        "fragments": record.fragments,
+        "threshold": record.threshold,
+        "lifecycle": record.lifecycle,
+        "key_version": record.key_version,
+        "created_ms": record.created_ms,
+        "placements": [[p.index, p.holder_id] for p in record.placements],
+        "commitments": [[i, c] for i, c in sorted(record.commitments.items())],
+        "digest": record.digest,
+    }
+
+
+def _version_from_doc(doc: dict[str, Any]) -> VersionRecord:
+    return VersionRecord(
+        version=doc["version"],
+        fragments=doc["fragments"],
+        threshold=doc["threshold"],
+        lifecycle=doc["lifecycle"],
+        key_version=doc["key_version"],
+        created_ms=doc["created_ms"],
+        placements=tuple(Placement(index=i, holder_id=h) for i, h in doc["placements"]),
+        commitments={i: c for i, c in doc["commitments"]},
+        digest=doc["digest"],
+    )
