@@ -1,0 +1,62 @@
+"""Command line and file locations of the stack's Redis server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+from shardbus.devstack.config import StackConfig
+from shardbus.devstack.errors import StackError
+
+NAME = "redis"
+
+
+def find_redis_server(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    found = shutil.which("redis-server", path=env.get("PATH", os.defpath))
+    if found is None:
+        raise StackError(
+            "redis-server was not found on PATH: install it "
+            "(Debian: apt-get install redis-server; .ci/run does this on a fresh machine)"
+        )
+    return found
+
+
+def log_file(config: StackConfig) -> Path:
+    return config.logs_dir / f"{NAME}.log"
+
+
+def pid_file(config: StackConfig) -> Path:
+    return config.pids_dir / f"{NAME}.pid"
+
+
+def markers(config: StackConfig) -> tuple[str, ...]:
+    # Redis rewrites its command line to "redis-server 127.0.0.1:PORT" once it
+    # listens, so the markers are the program name and the bare port, which
+    # the command line contains both before and after that rewrite.
+    return ("redis-server", str(config.redis_port))
+
+
+def server_command(config: StackConfig, redis_server: str) -> list[str]:
+    """Return the argv of a foreground Redis that keeps an append-only file in the state folder."""
+    return [
+        redis_server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(config.redis_port),
+        "--dir",
+        str(config.redis_dir),
+        "--appendonly",
+        "yes",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        # An empty logfile sends the log to standard output, which the
+        # launcher appends to logs/redis.log.
+        "--logfile",
+        "",
+    ]
