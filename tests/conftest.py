@@ -2,10 +2,10 @@
 
 Integration tests run against a real Kafka broker and Redis server. The
 addresses come from SHARDBUS_KAFKA_BOOTSTRAP and SHARDBUS_REDIS_URL, which
-`scripts/stack up` prints and `scripts/test` exports. Without them, and with a
-Docker engine that answers, the session starts throwaway containers with
+`scripts/stack up` prints and `scripts/test` exports. Without them, and when
+`docker info` succeeds, the session starts throwaway containers with
 testcontainers instead. Otherwise a test that needs Kafka or Redis fails with
-a message saying how to start the stack; it is never skipped, so a run that
+a message saying how to start the stack. It is never skipped, so a run that
 forgot the stack cannot pass by testing nothing.
 
 Each test gets its own topic and key prefix, so tests can share one broker
@@ -27,13 +27,13 @@ KAFKA_BOOTSTRAP_ENV = "SHARDBUS_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "SHARDBUS_REDIS_URL"
 
 _NO_STACK = (
-    "{variable} is not set and no Docker engine answers, so there is no {service} to test "
+    "{variable} is not set and `docker info` failed, so there is no {service} to test "
     "against. Start the local stack and export its address:\n"
     "    scripts/stack up && eval \"$(scripts/stack env)\"\n"
     "or run the tests with scripts/test, which does both."
 )
 
-# How long a new topic may take to get a leader on every partition; a
+# Maximum wait for a new topic to get a leader on every partition. A
 # single-node broker needs well under a second, a loaded 3-node cluster more.
 TOPIC_READY_TIMEOUT = 30.0
 
@@ -95,8 +95,8 @@ def redis_url(docker_available: bool) -> Iterator[str]:
 
 
 def _unique_prefix() -> str:
-    # Topic names allow [a-zA-Z0-9._-]; a letter first keeps the prefix a
-    # valid identifier in every place it is used (topics, group ids, keys).
+    # Topic names allow only [a-zA-Z0-9._-], and a leading letter keeps the
+    # prefix valid in topic names, group ids and Redis keys alike.
     return f"t{uuid.uuid4().hex[:8]}"
 
 
