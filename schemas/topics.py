@@ -29,7 +29,8 @@ Partition counts that must agree:
 
 NOTE: Kafka treats "." and "_" as the same character when it compares topic
 names for collisions, so holders "a.b" and "a_b" cannot both have a topic.
-Whoever generates holder ids should use only one of the two characters.
+The same holds for app ids. The provisioner, which generates holder ids,
+should use only one of the two characters.
 
 Topics that carry sealed fragments or leases (``fragments``, ``holder.*``,
 ``replies.*``) need ``max.message.bytes`` of at least
@@ -64,14 +65,14 @@ from schemas.operations import (
 
 #: Kafka's limit on the length of a topic name.
 MAX_TOPIC_LENGTH = 249
-#: Longest prefix: room for ".replies." or ".holder." and a 64-character id.
+#: Maximum prefix length, which leaves room for ".replies." or ".holder." and a 64-character id.
 MAX_PREFIX_LENGTH = 64
 
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # The fields whose value keys a record, tried in order until one is set.
-# Ordering and co-partitioning follow from these choices, see the module
-# docstring.
+# Kafka keeps order only within a partition, and the module docstring says
+# which topics rely on these keys for that.
 _KEY_FIELDS: dict[type[Message], tuple[str, ...]] = {
     OperationRequest: ("operation_id",),
     OperationPlan: ("operation_id",),
@@ -105,7 +106,10 @@ class Topics:
                 f"got {self.prefix[:MAX_PREFIX_LENGTH + 1]!r}; choose a short plain name such as 'shardbus'"
             )
         if self.prefix.startswith("__"):
-            raise ValueError(f"topic prefix {self.prefix!r} starts with '__', which Kafka reserves for internal topics")
+            raise ValueError(
+                f"topic prefix {self.prefix!r} starts with '__', like Kafka's internal topics "
+                "(__consumer_offsets); choose a prefix that starts with a letter"
+            )
 
     @property
     def requests(self) -> str:
