@@ -19,7 +19,6 @@ Everything not granted is denied.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -27,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from shardbus.errors import ConfigError
+from shardbus.crypto.signing import VerifyKey
+from shardbus.errors import ConfigError, DecodeError
 
 POLICY_VERSION = 1
 OPERATIONS = frozenset({"lease"})
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_KEY_PREFIX = "ed25519:"
 DEFAULT_LEASE_TTL_S = 30
 MAX_LEASE_TTL_S = 3600
 
@@ -58,7 +55,7 @@ class AppPolicy:
     """One registered application: its request-signing key and its grants."""
 
     app_id: str
-    verify_key: Ed25519PublicKey = field(repr=False)
+    verify_key: VerifyKey = field(repr=False)
     grants: tuple[Grant, ...]
 
     def grant_for(self, secret_name: str, operation: str) -> Grant | None:
@@ -78,14 +75,6 @@ class Policy:
 
     def app(self, app_id: str) -> AppPolicy | None:
         return self.apps.get(app_id)
-
-
-def encode_verify_key(key: Ed25519PublicKey) -> str:
-    """Format a public key the way the policy file stores it."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return _KEY_PREFIX + base64.b64encode(raw).decode("ascii")
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -143,19 +132,13 @@ def _parse_app(app_id: Any, app_doc: Any, source: str) -> AppPolicy:
     return AppPolicy(app_id=app_id, verify_key=verify_key, grants=grants)
 
 
-def _parse_verify_key(value: Any, where: str) -> Ed25519PublicKey:
-    if not isinstance(value, str) or not value.startswith(_KEY_PREFIX):
-        raise ConfigError(
-            f"{where}.verify_key: expected 'ed25519:<base64>', "
-            "as printed by 'shardbus app keygen'"
-        )
+def _parse_verify_key(value: Any, where: str) -> VerifyKey:
     try:
-        raw = base64.b64decode(value[len(_KEY_PREFIX):], validate=True)
-    except ValueError:
-        raise ConfigError(f"{where}.verify_key: not valid base64") from None
-    if len(raw) != 32:
-        raise ConfigError(f"{where}.verify_key: expected 32 bytes, got {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+        return VerifyKey.from_text(value)
+    except DecodeError as exc:
+        raise ConfigError(
+            f"{where}.verify_key: {exc}; 'shardbus app add' prints a valid key"
+        ) from None
 
 
 def _parse_grant(doc: Any, where: str) -> Grant:

@@ -194,10 +194,11 @@ class ShardbusClient:
         try:
             yield granted.secret
         finally:
-            granted.release()
-            await self._announce_release(granted)
+            await self.release(granted)
 
-    async def _announce_release(self, granted: Lease) -> None:
+    async def release(self, granted: Lease) -> None:
+        """Zero the lease's buffer and tell shardbus the lease ended."""
+        granted.release()
         event = LifecycleEvent(
             event="lease_released",
             at_ms=int(self._clock() * 1000),

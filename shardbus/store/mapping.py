@@ -137,6 +137,13 @@ class MappingTable:
     async def get_backup(self, name: str, version: int, index: int) -> bytes | None:
         return await self._redis.get(self._backup_key(name, version, index))
 
+    async def delete_backups(self, name: str, version: int) -> None:
+        """Remove the backup copies of one version of `name`."""
+        pattern = f"{self._prefix}:backup:{self.tag(name)}:{version}:*"
+        keys = [key async for key in self._redis.scan_iter(match=pattern)]
+        if keys:
+            await self._redis.delete(*keys)
+
     def _seal(self, record: SecretRecord) -> bytes:
         document = {
             "v": RECORD_VERSION,

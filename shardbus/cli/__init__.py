@@ -1,0 +1,5 @@
+"""The `shardbus` command."""
+
+from shardbus.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+import sys
+
+from shardbus.cli.main import main
+
+sys.exit(main())

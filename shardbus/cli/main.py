@@ -1,0 +1,58 @@
+"""Parse the `shardbus` command line and dispatch to the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from shardbus.errors import ShardbusError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shardbus.cli import deployment_commands, run_command, secret_commands
+
+    parser = argparse.ArgumentParser(
+        prog="shardbus",
+        description="A secrets service that never keeps a secret whole.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    deployment_commands.register(commands)
+    secret_commands.register(commands)
+    run_command.register(commands)
+
+    dev = commands.add_parser("dev", help="start or stop the local Kafka and Redis (same as scripts/stack)")
+    dev.add_argument("args", nargs=argparse.REMAINDER, help="up | down | status | env [--cluster]")
+    dev.set_defaults(handler=_dev)
+    return parser
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from shardbus.devstack.__main__ import main as devstack_main
+
+    return devstack_main(args.args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.handler(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except ShardbusError as exc:
+        print(f"shardbus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The controlling domain: store, rotate, list and delete secrets.
+
+Storing a secret splits it with the fragmentation core, seals one backup
+copy of each fragment for the backup slot, asks the provisioner for holders
+(pooled secrets only), sends each holder its fragment sealed for that holder
+on its own topic, waits for every holder to acknowledge, and only then
+records the placement in the mapping table. A secret whose holders did not
+all acknowledge is not recorded, so a request never reaches a half-stored
+secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import codec
+from schemas.messages import DestroyFragment, EventKind, HolderAck, LifecycleEvent, StoreFragment
+from schemas.topics import Topics
+from shardbus.crypto import aead
+from shardbus.crypto.keys import MasterKey
+from shardbus.errors import ConfigError, DecodeError, ServiceUnavailable
+from shardbus.sharing.fragmentation import Policy, split_secret
+from shardbus.store.mapping import BACKUP_SLOT, LIFECYCLES, MappingTable, Placement, SecretRecord, VersionRecord
+
+log = logging.getLogger(__name__)
+
+#: Asks the provisioner for holders: (count, lifecycle, secret name, version) -> holder ids.
+RequestHolders = Callable[[int, str, str, int], Awaitable[Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """What `put` and `rotate` report: the public facts of the stored version."""
+
+    name: str
+    version: int
+    fragments: int
+    threshold: int
+    lifecycle: str
+    holders: tuple[str, ...]
+
+
+class SecretStore:
+    """Stores secrets as fragments on holders and records them in the mapping table."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Topics,
+        master_key: MasterKey,
+        mapping: MappingTable,
+        request_holders: RequestHolders,
+        ack_timeout_s: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self._master_key = master_key
+        self._mapping = mapping
+        self._request_holders = request_holders
+        self._ack_timeout_s = ack_timeout_s
+        self._clock = clock
+
+    async def put(self, name: str, secret: bytes, policy: Policy, lifecycle: str) -> StoredVersion:
+        """Store a new secret; raise ConfigError if the name is taken."""
+        if await self._mapping.get(name) is not None:
+            raise ConfigError(f"secret {name!r} already exists; use 'shardbus secret rotate {name}' for a new version")
+        return await self._store_version(name, secret, policy, lifecycle, previous=None)
+
+    async def rotate(self, name: str, secret: bytes, policy: Policy | None = None, lifecycle: str | None = None) -> StoredVersion:
+        """Store a new version of an existing secret, then destroy the old one."""
+        previous = await self._mapping.get(name)
+        if previous is None:
+            raise ConfigError(f"secret {name!r} not found; use 'shardbus secret put {name}' to create it")
+        current = previous.current_version()
+        policy = policy or Policy(fragments=current.fragments, threshold=current.threshold)
+        stored = await self._store_version(name, secret, policy, lifecycle or current.lifecycle, previous=previous)
+        await self._destroy_version(name, current)
+        await self._mapping.delete_backups(name, current.version)
+        return stored
+
+    async def delete(self, name: str) -> list[str]:
+        """Destroy every fragment of `name` and remove its record.
+
+        Returns the holders that did not acknowledge the destruction (dead
+        ones, typically); their fragments die with their process.
+        """
+        record = await self._mapping.get(name)
+        if record is None:
+            raise ConfigError(f"secret {name!r} not found; 'shardbus secret list' shows the stored secrets")
+        unacknowledged: list[str] = []
+        for version in record.versions.values():
+            unacknowledged += await self._destroy_version(name, version)
+        await self._mapping.delete(name)
+        return unacknowledged
+
+    async def list(self) -> list[SecretRecord]:
+        return await self._mapping.list()
+
+    async def _store_version(
+        self, name: str, secret: bytes, policy: Policy, lifecycle: str, previous: SecretRecord | None
+    ) -> StoredVersion:
+        if lifecycle not in LIFECYCLES:
+            raise ValueError(f"lifecycle must be one of {LIFECYCLES}, got {lifecycle!r}")
+        if not secret:
+            raise ValueError("the secret is empty; give at least one byte")
+        version = 1 if previous is None else max(previous.versions) + 1
+        key_version = self._master_key.version
+        verify_key = self._master_key.verify_key(name, version)
+        fragment_set = split_secret(secret, policy, secret_id=name, version=version, verify_key=verify_key)
+
+        for fragment in fragment_set.fragments:
+            backup = aead.seal_fragment(
+                self._master_key.fragment_key(name, version, fragment.index, BACKUP_SLOT),
+                fragment.to_bytes(),
+                secret_id=name, version=version, index=fragment.index,
+                holder_id=BACKUP_SLOT, key_version=key_version,
+            )
+            await self._mapping.put_backup(name, version, fragment.index, backup)
+
+        placements: list[Placement] = []
+        if lifecycle == "pooled":
+            holder_ids = list(await self._request_holders(policy.fragments, lifecycle, name, version))
+            if len(holder_ids) != policy.fragments:
+                raise ServiceUnavailable(
+                    f"the provisioner gave {len(holder_ids)} holders for {name!r}, expected {policy.fragments}"
+                )
+            commands = []
+            for fragment, holder_id in zip(fragment_set.fragments, holder_ids):
+                sealed = aead.seal_fragment(
+                    self._master_key.fragment_key(name, version, fragment.index, holder_id),
+                    fragment.to_bytes(),
+                    secret_id=name, version=version, index=fragment.index,
+                    holder_id=holder_id, key_version=key_version,
+                )
+                commands.append(StoreFragment(
+                    holder_id=holder_id, secret_name=name, secret_version=version,
+                    fragment_index=fragment.index, key_version=key_version,
+                    sealed_fragment=sealed, request_id=uuid.uuid4().hex,
+                ))
+                placements.append(Placement(index=fragment.index, holder_id=holder_id))
+            missing = await self._send_and_await_acks(commands)
+            if missing:
+                raise ServiceUnavailable(
+                    f"holders {', '.join(missing)} did not acknowledge their fragment of {name!r} "
+                    f"within {self._ack_timeout_s:g} s; the secret was not stored, try again"
+                )
+
+        first = fragment_set.fragments[0]
+        version_record = VersionRecord(
+            version=version, fragments=policy.fragments, threshold=policy.threshold,
+            lifecycle=lifecycle, key_version=key_version, created_ms=int(self._clock() * 1000),
+            placements=tuple(placements), commitments=dict(fragment_set.commitments),
+            digest=fragment_set.digest,
+        )
+        versions = {version: version_record}
+        await self._mapping.put(SecretRecord(name=name, current=version, versions=versions))
+        log.info(
+            "stored secret %r version %d as %d-of-%d (%s, %s)",
+            name, version, policy.threshold, policy.fragments, lifecycle, first.scheme,
+        )
+        return StoredVersion(
+            name=name, version=version, fragments=policy.fragments, threshold=policy.threshold,
+            lifecycle=lifecycle, holders=tuple(p.holder_id for p in placements),
+        )
+
+    async def _destroy_version(self, name: str, version: VersionRecord) -> list[str]:
+        commands = [
+            DestroyFragment(
+                holder_id=p.holder_id, secret_name=name, secret_version=version.version,
+                request_id=uuid.uuid4().hex,
+            )
+            for p in version.placements
+        ]
+        missing = await self._send_and_await_acks(commands) if commands else []
+        if version.placements:
+            await self._announce_holders_released(name, version)
+        return missing
+
+    async def _announce_holders_released(self, name: str, version: VersionRecord) -> None:
+        event = LifecycleEvent(
+            event=EventKind.HOLDERS_RELEASED,
+            at_ms=int(self._clock() * 1000),
+            holder_id="",
+            operation_id="",
+            secret_name=name,
+            secret_version=version.version,
+            detail="fragments destroyed; the holders may be torn down",
+            holders=tuple(p.holder_id for p in version.placements),
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(self._topics.lifecycle, codec.encode(event), key=name.encode())
+        finally:
+            await producer.stop()
+
+    async def _send_and_await_acks(self, commands: Sequence[StoreFragment | DestroyFragment]) -> list[str]:
+        """Send each command to its holder; return the holders that did not ack in time."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True)
+        await consumer.start()
+        await producer.start()
+        try:
+            partitions = [
+                TopicPartition(self._topics.lifecycle, p)
+                for p in sorted(await _partitions(consumer, self._topics.lifecycle))
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            for partition in partitions:
+                await consumer.position(partition)
+
+            waiting = {c.request_id: c.holder_id for c in commands}
+            for command in commands:
+                await producer.send_and_wait(
+                    self._topics.holder(command.holder_id), codec.encode(command), key=command.holder_id.encode()
+                )
+            failed: list[str] = []
+            deadline = time.monotonic() + self._ack_timeout_s
+            while waiting and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        try:
+                            ack = codec.decode(record.value)
+                        except DecodeError:
+                            continue
+                        if isinstance(ack, HolderAck) and ack.request_id in waiting:
+                            holder_id = waiting.pop(ack.request_id)
+                            if not ack.ok:
+                                log.warning("holder %s rejected a command: %s", holder_id, ack.error)
+                                failed.append(holder_id)
+            return failed + sorted(waiting.values())
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return partitions
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await asyncio.sleep(0.1)
+    raise ServiceUnavailable(f"topic {topic} does not exist; start the provisioner first")
