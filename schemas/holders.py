@@ -63,6 +63,9 @@ class EventKind(enum.StrEnum):
     HOLDER_REPLACED = "holder_replaced"
     HOLDER_TORN_DOWN = "holder_torn_down"
     HOLDER_RETURNED = "holder_returned"
+    #: The controlling domain destroyed the fragments these holders had;
+    #: the provisioner tears them down.
+    HOLDERS_RELEASED = "holders_released"
     HOLDERS_LOADED = "holders_loaded"
     OPERATION_COMPLETED = "operation_completed"
     LEASE_RELEASED = "lease_released"
@@ -76,6 +79,12 @@ class StoreFragment(Message):
 
     ``sealed_fragment`` is sealed with AES-256-GCM under the fragment key of
     ``key_version``. The holder replies with a HolderAck for ``request_id``.
+
+    ``key_slot`` is the holder id that the fragment key was derived for,
+    which the sealed fragment's associated data also names. It is "" for the
+    receiving holder's own id (a pooled placement). It is "backup" for a copy
+    from the backup store (per-operation holders and restored fragments). The
+    holder keeps the slot with the blob and opens the fragment for it only.
     """
 
     holder_id: HolderId
@@ -85,6 +94,7 @@ class StoreFragment(Message):
     key_version: KeyVersion
     sealed_fragment: Annotated[bytes, Blob(MAX_BLOB_LENGTH, min_length=1, label="a sealed fragment")]
     request_id: RequestId
+    key_slot: OptionalHolderId = ""
 
 
 @message_type
