@@ -7,6 +7,9 @@ import asyncio
 import logging
 import sys
 
+from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from shardbus.errors import ShardbusError
 
 
@@ -50,6 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     except ShardbusError as exc:
         print(f"shardbus: error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        print(f"shardbus: error: {exc}", file=sys.stderr)
+        return 2
+    except (RedisConnectionError, KafkaConnectionError) as exc:
+        from shardbus.config import Settings
+
+        settings = Settings.from_env()
+        print(
+            f"shardbus: error: cannot connect ({exc}); check that Kafka at {settings.kafka_bootstrap} "
+            f"and Redis at {settings.redis_url} run ('scripts/stack up' starts both)",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt:
         return 130
 
