@@ -101,7 +101,8 @@ def test_reason_codes_are_stable():
 def test_event_kinds_are_stable():
     assert [kind.value for kind in EventKind] == [
         "holder_provisioned", "holder_ready", "holder_failed", "holder_replaced", "holder_torn_down",
-        "holder_returned", "holders_loaded", "operation_completed", "lease_released", "lease_expired",
+        "holder_returned", "holders_released", "holders_loaded", "operation_completed", "lease_released",
+        "lease_expired",
     ]
 
 
