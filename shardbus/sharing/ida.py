@@ -67,10 +67,6 @@ def _scale(data: bytes, constant: int) -> bytes:
     return data.translate(_table(constant))
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
-
-
 def disperse(data: bytes, threshold: int, count: int) -> list[Piece]:
     """Disperse `data` into `count` pieces, any `threshold` of which recover it.
 
@@ -82,13 +78,19 @@ def disperse(data: bytes, threshold: int, count: int) -> list[Piece]:
     padded = data + bytes(width * threshold - len(data))
     rows = [padded[row * width : (row + 1) * width] for row in range(threshold)]
 
+    # Piece x is the sum of x^t * row_t. Summing in the int domain converts
+    # each scaled row once, which is cheaper than Horner's rule here because
+    # the byte-int conversions cost more than the table lookups. Row 0 has
+    # the factor 1 for every x, so its int is shared.
+    constant_term = int.from_bytes(rows[0], "little")
     pieces = []
     for x in range(1, count + 1):
-        # Horner's rule over the rows, highest degree first.
-        value = rows[-1]
-        for row in reversed(rows[:-1]):
-            value = _xor(_scale(value, x), row)
-        pieces.append(Piece(x, value))
+        accumulator = constant_term
+        power = 1
+        for row in rows[1:]:
+            power = gf256.mul(power, x)
+            accumulator ^= int.from_bytes(_scale(row, power), "little")
+        pieces.append(Piece(x, accumulator.to_bytes(width, "little")))
     return pieces
 
 
