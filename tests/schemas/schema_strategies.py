@@ -44,7 +44,7 @@ from schemas.messages import (
 )
 from schemas.operations import PUBLIC_KEY_LENGTHS
 
-# Blobs and arrays are kept small so that examples stay fast; the limits
+# Blobs and arrays are kept small so that examples stay fast. The limits
 # themselves are tested separately.
 _MAX_DRAWN_BYTES = 96
 _MAX_DRAWN_ITEMS = 4
