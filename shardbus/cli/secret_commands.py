@@ -19,8 +19,9 @@ from shardbus.sharing.fragmentation import Policy
 from shardbus.store.mapping import LIFECYCLES, MappingTable
 from shardbus.store.secrets import SecretStore
 
-#: Larger secrets are refused; shardbus is for keys and passwords, not files.
-MAX_SECRET_BYTES = 1024 * 1024
+#: Larger secrets are refused: shardbus is for keys and passwords, not files,
+#: and a lease must fit in one Kafka record under the default 1 MB limit.
+MAX_SECRET_BYTES = 512 * 1024
 
 
 def register(commands: argparse._SubParsersAction) -> None:
