@@ -1,0 +1,225 @@
+"""Process hardening a holder applies to itself before it makes its key pair.
+
+A holder keeps an HPKE private key and, for a moment per fetch, a plaintext
+fragment in memory. These steps keep that memory out of reach of other
+processes and off the disk:
+
+- no core dumps (RLIMIT_CORE 0), so a crash writes no memory image;
+- not dumpable (``PR_SET_DUMPABLE`` 0), so a process of the same user without
+  CAP_SYS_PTRACE can neither ptrace the holder nor read ``/proc/PID/mem`` or
+  ``/proc/PID/environ``;
+- no new privileges (``PR_SET_NO_NEW_PRIVS``), so nothing it executes gains any;
+- every capability dropped except CAP_IPC_LOCK, so a holder running as root
+  cannot ptrace or signal more privileged services such as the authorizer;
+- memory locked (``mlockall``) where permitted, so key pages are not swapped out;
+- a modest RLIMIT_NOFILE;
+- a parent-death signal, so a holder does not outlive the provisioner that
+  started it.
+
+Each step is independent: one that the kernel or the container refuses is
+logged at INFO and the others still apply. Linux only; on another system the
+prctl and capability steps are skipped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# Constants from <linux/prctl.h> and <linux/capability.h>.
+PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+CAP_SETPCAP = 8
+CAP_IPC_LOCK = 14
+_CAPABILITY_VERSION_3 = 0x20080522
+MCL_CURRENT = 1
+MCL_FUTURE = 2
+
+#: Soft and hard RLIMIT_NOFILE of a holder: a few Kafka connections, its log
+#: and the interpreter's own files fit many times over.
+HOLDER_OPEN_FILES = 256
+
+# With MCL_FUTURE every new thread's stack is locked in full, so holder
+# threads (asyncio's resolver pool) get small stacks instead of 8 MiB each.
+_THREAD_STACK_BYTES = 512 * 1024
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+@dataclass
+class HardeningReport:
+    """The hardening steps that took effect, and the reasons the others did not."""
+
+    applied: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(libc: ctypes.CDLL, option: int, arg: int = 0) -> None:
+    if libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def disable_core_dumps() -> None:
+    """Set RLIMIT_CORE to 0, soft and hard, so no crash writes a memory image."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def limit_open_files(limit: int = HOLDER_OPEN_FILES) -> None:
+    """Lower RLIMIT_NOFILE to `limit`, or to the current hard limit if that is lower."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def set_not_dumpable() -> None:
+    """Clear the dumpable flag, which guards ptrace and ``/proc/PID/mem``."""
+    libc = _libc()
+    if libc is None:
+        raise OSError("prctl exists only on Linux")
+    _prctl(libc, PR_SET_DUMPABLE, 0)
+    if libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError("the dumpable flag is still set after PR_SET_DUMPABLE 0")
+
+
+def set_no_new_privileges() -> None:
+    """Set PR_SET_NO_NEW_PRIVS, so exec can never grant privileges."""
+    libc = _libc()
+    if libc is None:
+        raise OSError("prctl exists only on Linux")
+    _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
+
+
+def drop_capabilities(keep: tuple[int, ...] = (CAP_IPC_LOCK,)) -> None:
+    """Drop every capability but those in `keep`, from the bounding set too.
+
+    CAP_IPC_LOCK stays by default because with ``mlockall(MCL_FUTURE)`` each
+    later mapping is locked, and without the capability that would count
+    against RLIMIT_MEMLOCK and fail once the limit is reached.
+    """
+    libc = _libc()
+    if libc is None:
+        raise OSError("capabilities exist only on Linux")
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as file:
+        last_cap = int(file.read())
+    keep_mask = 0
+    for cap in keep:
+        keep_mask |= 1 << cap
+    # Dropping from the bounding set needs CAP_SETPCAP, so it comes first,
+    # while the process still has it. Without CAP_SETPCAP (an unprivileged
+    # user) the bounding set cannot matter because there is nothing to gain.
+    if _has_capability(CAP_SETPCAP):
+        for cap in range(last_cap + 1):
+            if not keep_mask & (1 << cap):
+                _prctl(libc, PR_CAPBSET_DROP, cap)
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    current = _effective_capabilities()
+    for word in range(2):
+        mask = (keep_mask & current) >> (32 * word) & 0xFFFFFFFF
+        data[word].effective = mask
+        data[word].permitted = mask
+        data[word].inheritable = 0
+    if libc.capset(ctypes.byref(header), data) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def _effective_capabilities() -> int:
+    with open("/proc/self/status", encoding="ascii") as file:
+        for line in file:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _has_capability(cap: int) -> bool:
+    return bool(_effective_capabilities() & (1 << cap))
+
+
+def lock_memory() -> None:
+    """Lock current and future pages in RAM with ``mlockall``.
+
+    Skipped, by raising OSError, unless the process has CAP_IPC_LOCK or an
+    unlimited RLIMIT_MEMLOCK: under MCL_FUTURE a limited process would get
+    allocation failures later, once its locked pages reach the limit.
+    """
+    libc = _libc()
+    if libc is None:
+        raise OSError("mlockall is used only on Linux")
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY and not _has_capability(CAP_IPC_LOCK):
+        raise OSError(f"RLIMIT_MEMLOCK is {soft} bytes and CAP_IPC_LOCK is missing")
+    threading.stack_size(_THREAD_STACK_BYTES)
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask for SIGTERM when the parent exits, and exit now if it already has."""
+    libc = _libc()
+    if libc is None:
+        raise OSError("PR_SET_PDEATHSIG exists only on Linux")
+    _prctl(libc, PR_SET_PDEATHSIG, signal.SIGTERM)
+    # The parent may have exited between fork and prctl, in which case the
+    # signal never comes and the process has been re-parented already.
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"parent process {parent_pid} exited before the holder started")
+
+
+def harden(parent_pid: int | None = None) -> HardeningReport:
+    """Apply every hardening step and report which took effect.
+
+    Call it first thing, before any secret or key exists in memory. A step
+    that fails is logged at INFO and skipped. A parent that exited already is
+    the one fatal case: die_with_parent raises SystemExit.
+    """
+    report = HardeningReport()
+    steps = [
+        ("core dumps disabled", disable_core_dumps),
+        ("not dumpable", set_not_dumpable),
+        ("no new privileges", set_no_new_privileges),
+        ("capabilities dropped", drop_capabilities),
+        ("memory locked", lock_memory),
+        ("open files limited", limit_open_files),
+    ]
+    if parent_pid is not None:
+        steps.append(("dies with parent", lambda: die_with_parent(parent_pid)))
+    for name, step in steps:
+        try:
+            step()
+        except (OSError, ValueError) as exc:
+            report.skipped[name] = str(exc)
+            log.info("hardening step %r skipped: %s", name, exc)
+        else:
+            report.applied.append(name)
+    return report
