@@ -1,0 +1,121 @@
+"""The faust settings both stream services share, and how they run.
+
+Both services use faust-streaming 0.15.3 with aiokafka 0.14 on an Apache
+Kafka 4.1 broker. faust's own CI covers Kafka 4.0, and a spike against the
+development broker confirmed that an app consumes, produces, runs timers,
+commits its offsets on a clean stop and resumes from them. These settings
+differ from faust's defaults, for the reasons given beside each one:
+
+- ``topic_disable_leader=True``: faust would otherwise create an extra
+  ``<app id>-__assignor-__leader`` topic that nothing here uses.
+- ``consumer_auto_offset_reset="earliest"`` (faust's default too, set on
+  purpose): a new consumer group must not skip requests sent before its
+  first start.
+- ``broker_commit_every=1`` and a short ``broker_commit_interval``: each
+  record has side effects in Redis and on other topics, so the window of
+  records that are processed twice after a crash is kept small. Handlers are
+  idempotent anyway, because Kafka only promises at-least-once delivery.
+- ``consumer_max_fetch_size`` and ``producer_max_request_size`` above the
+  largest message of the wire contract (a sealed 1 MiB fragment), where
+  faust's defaults are 1 MiB.
+- ``web_enabled=False``: the services expose no HTTP endpoint.
+- ``store="memory://"``: the services keep no faust tables, because their
+  state lives in Redis (see the reassembler's module docstring).
+
+The services start with ``await app.start()`` inside their own asyncio
+program rather than through ``faust.Worker``, so tests run them as
+in-process tasks with the same code path as ``python -m``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import faust
+
+from schemas.base import MAX_MESSAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+#: Partitions of the shared topics the services create; ``plans`` and
+#: ``fragments`` must have the same count so both halves of an operation
+#: reach the same reassembler instance.
+DEFAULT_PARTITIONS = 4
+
+# A fetch must hold at least one record of the largest message type, plus
+# room for the record headers and batch framing.
+_FETCH_SIZE = MAX_MESSAGE_SIZE + 64 * 1024
+
+#: Topic settings for topics that carry sealed fragments or leases, whose
+#: records can be larger than Kafka's default limit of 1 MiB.
+LARGE_RECORD_CONFIG = {"max.message.bytes": str(_FETCH_SIZE)}
+
+
+def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
+    """Create a faust app with the settings every shardbus stream service uses."""
+    return faust.App(
+        app_id,
+        broker=f"kafka://{kafka_bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1,
+        broker_commit_interval=0.5,
+        consumer_max_fetch_size=_FETCH_SIZE,
+        producer_max_request_size=_FETCH_SIZE,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """Return a faust topic whose keys and values are plain bytes."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+async def run_until_stopped(
+    app: faust.App,
+    stopped: asyncio.Event,
+    *,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start `app`, wait until `stopped` is set, then stop it.
+
+    `on_start` runs before the app starts (the services create their topics
+    there), and `on_stop` after it stopped, even when starting failed.
+    """
+    try:
+        if on_start is not None:
+            await on_start()
+        await app.start()
+        log.info("%s started", app.conf.id)
+        await stopped.wait()
+    finally:
+        log.info("%s stopping", app.conf.id)
+        try:
+            await app.stop()
+        finally:
+            if on_stop is not None:
+                await on_stop()
+        log.info("%s stopped", app.conf.id)
+
+
+def run_main(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `serve` until SIGINT or SIGTERM, for a service's ``__main__``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stopped.set)
+        await serve(stopped)
+
+    asyncio.run(main())

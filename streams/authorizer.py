@@ -1,0 +1,347 @@
+"""The authorizer: checks each request and starts the fetch of its fragments.
+
+It consumes ``{p}.requests``. A record that does not decode goes to
+``{p}.deadletter``. A decoded request passes the checks of
+streams.admission, then the holder check: at least k holders of the current
+version must have sent a heartbeat within ``holder_max_silence_s``. Each
+failed check sends an ErrorReply (see streams.denials) and an audit record
+``request.denied``.
+
+An accepted request of a pooled secret gets an OperationPlan on ``{p}.plans``
+and one FetchCommand per live holder; one of a per-operation secret first
+gets its holders from the provisioner (streams.provisioning). The audit
+records are ``request.accepted`` and one ``fetch.sent`` per holder.
+
+Run it with ``python -m streams.authorizer``; it reads shardbus.config.Settings
+and these variables:
+
+| Variable | Meaning | Default |
+|---|---|---|
+| SHARDBUS_FETCH_WINDOW_S | time holders and reassembler have per operation, in seconds | 5 |
+| SHARDBUS_HOLDER_MAX_SILENCE_S | a holder whose last heartbeat is older is counted dead, in seconds | 10 |
+| SHARDBUS_PROVISION_TIMEOUT_S | time the provisioner has to provide per-operation holders, in seconds | 10 |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faust
+from redis.asyncio import Redis
+
+from schemas import codec
+from schemas.messages import OperationRequest, ProvisionReply, Reason
+from schemas.topics import Topics
+from shardbus.config import Settings
+from shardbus.crypto import envelope
+from shardbus.crypto.keys import MasterKey
+from shardbus.errors import ConfigError, DecodeError, Denied
+from shardbus.kafka import ensure_topics
+from shardbus.policy import Policy, load_policy
+from shardbus.store.mapping import MappingTable, VersionRecord
+from provisioner.registry import HolderRegistry, HolderState
+from streams.admission import DEFAULT_MAX_SKEW_S, Admission, RequestChecks
+from streams.app import DEFAULT_PARTITIONS, LARGE_RECORD_CONFIG, make_app, raw_topic, run_main, run_until_stopped
+from streams.denials import Denials, readable_ids
+from streams.handling import InputRecord, is_retriable, retrying
+from shardbus.deployment import load_reassembler_public
+from streams.outbox import Outbox, SendFn
+from streams.planning import FetchTarget, Planner
+from streams.provisioning import HoldersUnavailable, Provisioning, provisioned_topic
+from streams.replies import ReplyLedger
+from streams.topic_check import TopicCheck
+
+log = logging.getLogger(__name__)
+
+_DEAD_STATES = (HolderState.FAILED, HolderState.TORN_DOWN)
+
+
+@dataclass(frozen=True)
+class AuthorizerOptions:
+    """Tunable settings of the authorizer; the defaults suit a single host."""
+
+    window_s: float = 5.0
+    holder_max_silence_s: float = 10.0
+    provision_timeout_s: float = 10.0
+    max_skew_s: int = DEFAULT_MAX_SKEW_S
+    partitions: int = DEFAULT_PARTITIONS
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> AuthorizerOptions:
+        env = os.environ if environ is None else environ
+        values = {}
+        for field_name, variable in (
+            ("window_s", "SHARDBUS_FETCH_WINDOW_S"),
+            ("holder_max_silence_s", "SHARDBUS_HOLDER_MAX_SILENCE_S"),
+            ("provision_timeout_s", "SHARDBUS_PROVISION_TIMEOUT_S"),
+        ):
+            if variable in env:
+                try:
+                    values[field_name] = float(env[variable])
+                except ValueError:
+                    raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected seconds as a number") from None
+                if values[field_name] <= 0:
+                    raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected a positive number of seconds")
+        return cls(**values)
+
+
+class Authorizer:
+    """The request handling of the authorizer, independent of how records arrive."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        master_key: MasterKey,
+        reassembler_key: envelope.PublicKey,
+        redis: Redis,
+        redis_prefix: str,
+        topics: Topics,
+        send: SendFn,
+        topic_check: TopicCheck,
+        options: AuthorizerOptions = AuthorizerOptions(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.topics = topics
+        self.options = options
+        self._master_key = master_key
+        self._clock = clock
+        self.outbox = Outbox(send, topics, "authorizer", clock=clock)
+        mapping = MappingTable(redis, master_key, redis_prefix)
+        self._registry = HolderRegistry(redis, redis_prefix, clock_ms=lambda: int(clock() * 1000))
+        self.checks = RequestChecks(policy, mapping, redis, redis_prefix, max_skew_s=options.max_skew_s, clock=clock)
+        self.denials = Denials(
+            self.outbox,
+            ReplyLedger(redis, redis_prefix),
+            topic_check,
+            registered_apps=frozenset(policy.apps),
+            seen=self.checks.seen,
+        )
+        self._planner = Planner(master_key, reassembler_key)
+        self.provisioning = Provisioning(
+            redis=redis,
+            prefix=redis_prefix,
+            outbox=self.outbox,
+            planner=self._planner,
+            mapping=mapping,
+            deny=self.denials.deny,
+            window_ms=int(options.window_s * 1000),
+            timeout_s=options.provision_timeout_s,
+            clock=clock,
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def handle_request(self, record: InputRecord) -> None:
+        """Check one record of ``{p}.requests``, then deny it or start its fetches."""
+        try:
+            request = codec.decode(record.value, OperationRequest)
+        except DecodeError as exc:
+            await self._reject_undecodable(record, str(exc))
+            return
+        try:
+            admission = await self.checks.admit(request, record.partition, record.offset)
+            await self._accept(admission)
+        except HoldersUnavailable as denial:
+            await self._deny(request, denial, holders=denial.holders)
+        except Denied as denial:
+            await self._deny(request, denial)
+        except Exception as exc:
+            if is_retriable(exc):
+                raise
+            log.exception(
+                "failed to handle operation %s of app %s on secret %r", request.operation_id, request.app_id, request.secret_name
+            )
+            if await self.checks.seen(request.operation_id):
+                await self._deny(request, Denied(Reason.INTERNAL_ERROR, f"the authorizer failed: {type(exc).__name__}"))
+
+    async def _reject_undecodable(self, record: InputRecord, reason: str) -> None:
+        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        await self.outbox.dead_letter(record.topic, record.partition, record.offset, record.value, reason)
+        ids = readable_ids(record.value)
+        if ids is not None:
+            operation_id, app_id = ids
+            await self.denials.deny(operation_id, app_id, Reason.INVALID_REQUEST, reason)
+
+    async def _deny(self, request: OperationRequest, denial: Denied, holders: tuple[str, ...] = ()) -> None:
+        await self.denials.deny(
+            request.operation_id, request.app_id, Reason(denial.reason), denial.detail,
+            secret_name=request.secret_name, holders=holders,
+        )
+
+    async def _accept(self, admission: Admission) -> None:
+        request, version = admission.request, admission.version
+        if version.key_version != self._master_key.version:
+            raise Denied(
+                Reason.INTERNAL_ERROR,
+                f"secret {request.secret_name!r} version {version.version} is sealed under master key version "
+                f"{version.key_version}, but the authorizer has version {self._master_key.version}",
+            )
+        lease_ttl_ms = admission.grant.lease_ttl_s * 1000
+        if version.lifecycle == "per_operation":
+            await self._audit_accepted(admission)
+            await self.provisioning.request_holders(admission, lease_ttl_ms)
+            return
+
+        targets, dead = await self._live_targets(version)
+        if len(targets) < version.threshold:
+            raise HoldersUnavailable(
+                f"only {len(targets)} of the {version.threshold} holders needed are alive", tuple(dead)
+            )
+        await self._audit_accepted(admission)
+        deadline_ms = self._now_ms() + int(self.options.window_s * 1000)
+        plan = self._planner.plan(request, version, targets, deadline_ms=deadline_ms, lease_ttl_ms=lease_ttl_ms)
+        await self.outbox.send(self.topics.plans, plan)
+        for target in targets:
+            fetch = self._planner.fetch(request.operation_id, request.secret_name, version, target, deadline_ms=deadline_ms)
+            await self.outbox.send(self.topics.holder(target.holder_id), fetch)
+            await self.outbox.audit(
+                "fetch.sent", operation_id=request.operation_id, app_id=request.app_id,
+                secret_name=request.secret_name, secret_version=version.version, holder_id=target.holder_id,
+                outcome="sent", detail=f"fragment {target.index}",
+            )
+
+    async def _audit_accepted(self, admission: Admission) -> None:
+        request, version = admission.request, admission.version
+        log.info(
+            "accepted operation %s of app %s on secret %r version %d",
+            request.operation_id, request.app_id, request.secret_name, version.version,
+        )
+        await self.outbox.audit(
+            "request.accepted", operation_id=request.operation_id, app_id=request.app_id,
+            secret_name=request.secret_name, secret_version=version.version, outcome="accepted",
+            detail=f"lifecycle {version.lifecycle}, threshold {version.threshold} of {version.fragments}",
+        )
+
+    async def _live_targets(self, version: VersionRecord) -> tuple[list[FetchTarget], list[str]]:
+        """Return the placements whose holders are alive as fetch targets, and the dead holders' ids."""
+        max_silence_ms = int(self.options.holder_max_silence_s * 1000)
+        now_ms = self._now_ms()
+        targets: list[FetchTarget] = []
+        dead: list[str] = []
+        for placement in version.placements:
+            record = await self._registry.get(placement.holder_id)
+            alive = (
+                record is not None
+                and record.state not in _DEAD_STATES
+                and record.public_key
+                and 0 <= now_ms - record.last_heartbeat_ms <= max_silence_ms
+            )
+            if not alive:
+                dead.append(placement.holder_id)
+                continue
+            try:
+                public_key = envelope.PublicKey.from_bytes(record.kem, record.public_key)
+            except (DecodeError, ValueError) as exc:
+                log.warning("holder %s has an unusable public key in the registry: %s", placement.holder_id, exc)
+                dead.append(placement.holder_id)
+                continue
+            targets.append(FetchTarget(placement.holder_id, placement.index, public_key, placement.holder_id))
+        return targets, dead
+
+    async def handle_provisioned(self, record: InputRecord) -> None:
+        """Act on one ProvisionReply from ``{p}.authorizer.provisioned``."""
+        try:
+            reply = codec.decode(record.value, ProvisionReply)
+        except DecodeError as exc:
+            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            await self.outbox.dead_letter(record.topic, record.partition, record.offset, record.value, str(exc))
+            return
+        await self.provisioning.handle_reply(reply)
+
+
+def build_app(app: faust.App, authorizer: Authorizer, stopped: asyncio.Event) -> None:
+    """Attach the authorizer's agents and timer to a faust app."""
+    requests = raw_topic(app, authorizer.topics.requests)
+    provisioned = raw_topic(app, authorizer.provisioning.reply_topic)
+
+    @app.agent(requests, name="authorizer.requests")
+    async def authorize(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            record = _input_record(event)
+            await retrying(f"request at {record.partition}:{record.offset}", lambda: authorizer.handle_request(record), stop=stopped)
+
+    @app.agent(provisioned, name="authorizer.provisioned")
+    async def load_holders(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            record = _input_record(event)
+            await retrying(
+                f"provision reply at {record.partition}:{record.offset}",
+                lambda: authorizer.handle_provisioned(record),
+                stop=stopped,
+            )
+
+    @app.timer(0.25, name="authorizer.expire_pending")
+    async def expire_pending() -> None:
+        try:
+            await authorizer.provisioning.expire()
+        except Exception:  # noqa: BLE001 - the timer must keep running; the next tick retries.
+            log.exception("failed to expire pending provision requests")
+
+
+def _input_record(event: faust.EventT) -> InputRecord:
+    message = event.message
+    return InputRecord(message.topic, message.partition, message.offset, message.key, message.value)
+
+
+async def serve(
+    settings: Settings,
+    stopped: asyncio.Event,
+    *,
+    options: AuthorizerOptions | None = None,
+    redis_prefix: str | None = None,
+) -> None:
+    """Run the authorizer until `stopped` is set."""
+    options = options or AuthorizerOptions.from_env()
+    policy = load_policy(settings.policy_path)
+    master_key = MasterKey.load(settings.master_key_path)
+    reassembler_key = load_reassembler_public(settings.reassembler_public_path)
+    topics = Topics(settings.topic_prefix)
+
+    app = make_app(f"{settings.topic_prefix}-authorizer", settings.kafka_bootstrap)
+    redis = Redis.from_url(settings.redis_url)
+    topic_check = TopicCheck(settings.kafka_bootstrap)
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await app.producer.send_and_wait(topic, key, value, None, None, None)
+
+    authorizer = Authorizer(
+        policy=policy, master_key=master_key, reassembler_key=reassembler_key, redis=redis,
+        redis_prefix=redis_prefix or settings.topic_prefix, topics=topics, send=send,
+        topic_check=topic_check, options=options,
+    )
+    build_app(app, authorizer, stopped)
+
+    async def create_topics() -> None:
+        bootstrap = settings.kafka_bootstrap
+        await ensure_topics(bootstrap, [topics.requests, topics.provisioner, topics.lifecycle, topics.audit,
+                                        topics.deadletter, provisioned_topic(topics.prefix)],
+                            partitions=options.partitions)
+        await ensure_topics(bootstrap, [topics.plans, topics.fragments], partitions=options.partitions,
+                            config=LARGE_RECORD_CONFIG)
+        await ensure_topics(bootstrap, [topics.replies(app_id) for app_id in policy.apps], config=LARGE_RECORD_CONFIG)
+
+    async def close() -> None:
+        await topic_check.close()
+        await redis.aclose()
+
+    log.info(
+        "authorizer for prefix %s: %d registered apps, master key version %d",
+        topics.prefix, len(policy.apps), master_key.version,
+    )
+    await run_until_stopped(app, stopped, on_start=create_topics, on_stop=close)
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    run_main(lambda stopped: serve(settings, stopped))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""How the authorizer answers a request it rejects.
+
+A denial after the signature check is the operation's final reply, so it is
+claimed in the reply ledger like any other (see streams.replies). A denial
+before the signature check (invalid_request, unknown_app, bad_signature) is
+not claimed and is not sent at all once the operation id is known: anyone
+may write to ``{p}.requests``, and a forged record must not be able to
+answer, or block the answer to, an operation that a real application
+started.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgpack
+
+from schemas import codec
+from schemas.fields import HEX32_PATTERN, NAME_PATTERN
+from schemas.messages import ErrorReply, LeaseReply, Reason
+from shardbus.errors import DecodeError
+from streams.admission import UNAUTHENTICATED_REASONS
+from streams.outbox import Outbox
+from streams.replies import ReplyLedger
+from streams.topic_check import TopicCheck
+
+log = logging.getLogger(__name__)
+
+_OPERATION_ID = re.compile(HEX32_PATTERN)
+_APP_ID = re.compile(NAME_PATTERN)
+_MAX_DETAIL = 2048
+
+
+def readable_ids(payload: bytes) -> tuple[str, str] | None:
+    """Return (operation id, app id) from an undecodable request, if both can be read.
+
+    The payload failed strict decoding, so it is unpacked leniently, and the
+    two ids are kept only when each matches its pattern.
+    """
+    try:
+        document: Any = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_bin_len=0, max_ext_len=0)
+    except Exception:  # noqa: BLE001 - any failure only means that no ids can be read.
+        return None
+    if not isinstance(document, dict):
+        return None
+    operation_id, app_id = document.get("operation_id"), document.get("app_id")
+    if not isinstance(operation_id, str) or not _OPERATION_ID.fullmatch(operation_id):
+        return None
+    if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
+        return None
+    return operation_id, app_id
+
+
+class Denials:
+    """Sends ErrorReplies for rejected requests, with their audit records."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        ledger: ReplyLedger,
+        topic_check: TopicCheck,
+        *,
+        registered_apps: frozenset[str],
+        seen: Any,
+    ) -> None:
+        self._outbox = outbox
+        self._ledger = ledger
+        self._topic_check = topic_check
+        self._registered_apps = registered_apps
+        # A coroutine function telling whether an operation id passed the
+        # signature check before (RequestChecks.seen).
+        self._seen = seen
+
+    async def deny(
+        self,
+        operation_id: str,
+        app_id: str,
+        reason: Reason,
+        detail: str,
+        *,
+        secret_name: str = "",
+        secret_version: int = 0,
+        holders: tuple[str, ...] = (),
+    ) -> None:
+        """Send the ErrorReply for one rejected request, if the rules above allow, and audit it."""
+        reason = Reason(reason)
+        log.info(
+            "denied operation %s of app %s on secret %r: %s (%s)%s",
+            operation_id, app_id, secret_name, reason, detail,
+            f" holders {', '.join(holders)}" if holders else "",
+        )
+        reply = ErrorReply(
+            operation_id=operation_id,
+            app_id=app_id,
+            reason=reason,
+            detail=detail[:_MAX_DETAIL],
+            holders=holders,
+        )
+        if reason in UNAUTHENTICATED_REASONS:
+            outcome = await self._send_unclaimed(reply)
+        else:
+            outcome = await self._send_claimed(reply)
+        await self._outbox.audit(
+            "request.denied",
+            operation_id=operation_id,
+            app_id=app_id,
+            secret_name=secret_name,
+            secret_version=secret_version,
+            outcome=outcome,
+            reason=str(reason),
+            detail=detail,
+        )
+
+    async def _send_unclaimed(self, reply: ErrorReply) -> str:
+        operation_id = reply.operation_id
+        if await self._seen(operation_id) or await self._ledger.stored(operation_id) is not None:
+            log.warning(
+                "no %s reply sent for operation %s: a signed request with this id exists, "
+                "so this record is a forgery or a corrupted copy",
+                reply.reason, operation_id,
+            )
+            return "not_sent"
+        topic = self._outbox.topics.replies(reply.app_id)
+        if reply.app_id not in self._registered_apps and not await self._topic_check.exists(topic):
+            # Sending would make a broker with automatic topic creation
+            # create a topic for an app id that anyone can invent.
+            log.warning("no %s reply sent for operation %s: reply topic %s does not exist", reply.reason, operation_id, topic)
+            return "not_sent"
+        await self._outbox.send(topic, reply)
+        return "sent"
+
+    async def _send_claimed(self, reply: ErrorReply) -> str:
+        encoded = codec.encode(reply)
+        topic = self._outbox.topics.replies(reply.app_id)
+        stored = await self._ledger.claim(reply.operation_id, encoded)
+        if stored is None:
+            await self._outbox.send_encoded(topic, reply.operation_id.encode(), encoded)
+            return "sent"
+        if _same_decision(stored, reply):
+            # The same record processed again after a crash: the first run
+            # may have claimed the reply without sending it.
+            await self._outbox.send_encoded(topic, reply.operation_id.encode(), stored)
+            return "sent_again"
+        log.warning(
+            "no %s reply sent for operation %s: the operation already has its final reply",
+            reply.reason, reply.operation_id,
+        )
+        return "not_sent"
+
+
+def _same_decision(stored: bytes, reply: ErrorReply) -> bool:
+    try:
+        previous = codec.decode(stored, (LeaseReply, ErrorReply))
+    except DecodeError:
+        return False
+    return isinstance(previous, ErrorReply) and previous.reason == reply.reason and previous.app_id == reply.app_id

@@ -1,0 +1,269 @@
+"""The authorizer against a real Kafka broker and Redis server, run as an in-process task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+from redis.asyncio import Redis
+
+from schemas.messages import (
+    AuditRecord,
+    DeadLetter,
+    ErrorReply,
+    FetchCommand,
+    OperationPlan,
+    ProvisionedHolder,
+    ProvisionReply,
+    ProvisionRequest,
+    Reason,
+    StoreFragment,
+)
+from schemas.sealed import PlanContext, fragment_key_info, plan_info
+from shardbus.crypto import envelope, signing
+from shardbus.errors import IntegrityError
+from streams import authorizer
+from streams.provisioning import provisioned_topic
+from stream_support import (
+    Deployment,
+    Producer,
+    StoredSecret,
+    create_topics,
+    make_deployment,
+    readers,
+    register_holders,
+    running,
+    signed_request,
+    store_secret,
+)
+
+pytestmark = pytest.mark.integration
+
+HOLDERS = ["h-one", "h-two", "h-three"]
+
+
+@dataclass
+class Env:
+    dep: Deployment
+    redis: Redis
+    producer: Producer
+    stored: StoredSecret
+
+    async def send_request(self, app_id: str, secret_name: str, **kwargs: object):
+        request, reply_keys = signed_request(app_id, self.dep.signing_keys[app_id], secret_name, **kwargs)
+        await self.producer.send(self.dep.topics.requests, request)
+        return request
+
+
+@pytest.fixture
+async def env(tmp_path, kafka_bootstrap, redis_url, topic_prefix, redis_prefix, kafka_admin) -> AsyncIterator[Env]:
+    dep = make_deployment(
+        tmp_path / "home", kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
+        topic_prefix=topic_prefix, redis_prefix=redis_prefix,
+        grants={"billing": ["db/*"], "reports": ["reports/*"]},
+    )
+    topics = dep.topics
+    await create_topics(dep, topics.replies("stranger"), *(topics.holder(h) for h in HOLDERS))
+    redis = Redis.from_url(redis_url)
+    stored = await store_secret(redis, dep, "db/password", b"correct horse battery staple", HOLDERS, threshold=2)
+    await register_holders(redis, dep, stored)
+    try:
+        async with Producer(kafka_bootstrap) as producer:
+            async with running(lambda stopped: authorizer.serve(dep.settings, stopped, redis_prefix=dep.redis_prefix)):
+                yield Env(dep, redis, producer, stored)
+    finally:
+        await redis.aclose()
+
+
+async def _error_reply(env: Env, app_id: str, operation_id: str) -> ErrorReply:
+    async with readers(env.dep.settings.kafka_bootstrap, env.dep.topics.replies(app_id)) as (replies,):
+        (reply,) = await replies.wait_for_type(ErrorReply, operation_id=operation_id)
+    return reply
+
+
+async def test_unknown_app_denied(env: Env):
+    stranger_key = signing.SigningKey.generate()
+    request, _ = signed_request("stranger", stranger_key, "db/password")
+    await env.producer.send(env.dep.topics.requests, request)
+
+    reply = await _error_reply(env, "stranger", request.operation_id)
+
+    assert reply.reason == Reason.UNKNOWN_APP
+
+
+async def test_bad_signature_denied(env: Env):
+    request, _ = signed_request("billing", signing.SigningKey.generate(), "db/password")
+    await env.producer.send(env.dep.topics.requests, request)
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.BAD_SIGNATURE
+
+
+async def test_stale_request_denied(env: Env):
+    request = await env.send_request("billing", "db/password", issued_at_ms=int(time.time() * 1000) - 120_000)
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.STALE_REQUEST
+
+
+async def test_future_request_denied(env: Env):
+    request = await env.send_request("billing", "db/password", issued_at_ms=int(time.time() * 1000) + 120_000)
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.STALE_REQUEST
+
+
+async def test_not_granted_denied(env: Env):
+    request = await env.send_request("reports", "db/password")
+
+    reply = await _error_reply(env, "reports", request.operation_id)
+
+    assert reply.reason == Reason.NOT_GRANTED
+
+
+async def test_secret_not_found_denied(env: Env):
+    request = await env.send_request("billing", "db/missing")
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.SECRET_NOT_FOUND
+
+
+async def test_replayed_operation_denied(env: Env):
+    topics = env.dep.topics
+    request = await env.send_request("billing", "db/password")
+    async with readers(env.dep.settings.kafka_bootstrap, topics.plans) as (plans,):
+        await plans.wait_for_type(OperationPlan, operation_id=request.operation_id)
+
+    await env.producer.send(topics.requests, request)
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.REPLAYED_OPERATION
+
+
+async def test_dead_holders_named(env: Env):
+    await register_holders(env.redis, env.dep, env.stored, heartbeat_age_ms=60_000)
+    request = await env.send_request("billing", "db/password")
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.FRAGMENT_MISSING
+    assert set(reply.holders) == set(HOLDERS)
+
+
+async def test_undecodable_record_dead_lettered(env: Env):
+    topics = env.dep.topics
+    await env.producer.send_raw(topics.requests, b"\xc1 not msgpack")
+
+    async with readers(env.dep.settings.kafka_bootstrap, topics.deadletter) as (letters,):
+        (letter,) = await letters.wait_for_type(DeadLetter)
+
+    assert letter.source_topic == topics.requests
+    assert letter.payload_size == len(b"\xc1 not msgpack")
+
+
+async def test_invalid_request_answered(env: Env):
+    topics = env.dep.topics
+    operation_id = "ab" * 16
+    payload = msgpack.packb({"v": 1, "type": "OperationRequest", "operation_id": operation_id, "app_id": "billing"})
+    await env.producer.send_raw(topics.requests, payload, key=operation_id.encode())
+
+    reply = await _error_reply(env, "billing", operation_id)
+
+    assert reply.reason == Reason.INVALID_REQUEST
+
+
+async def test_accepted_request_plans_and_fetches(env: Env):
+    topics = env.dep.topics
+    bootstrap = env.dep.settings.kafka_bootstrap
+    request = await env.send_request("billing", "db/password")
+
+    async with readers(bootstrap, topics.plans, *(topics.holder(h) for h in HOLDERS)) as (plans, *holders):
+        (plan,) = await plans.wait_for_type(OperationPlan, operation_id=request.operation_id)
+        fetches = {}
+        for holder_id, reader in zip(HOLDERS, holders):
+            (fetches[holder_id],) = await reader.wait_for_type(FetchCommand, operation_id=request.operation_id)
+
+    assert plan.threshold == 2
+    assert {(slot.holder_id, slot.index) for slot in plan.holders} == {(h, i) for i, h in enumerate(HOLDERS, 1)}
+    context = PlanContext.from_bytes(
+        envelope.open_(env.dep.reassembler, plan.sealed_context, info=plan_info(request.operation_id))
+    )
+    assert context.digest == env.stored.fragments.digest
+    assert context.commitments == dict(env.stored.fragments.commitments)
+
+    for index, holder_id in enumerate(HOLDERS, start=1):
+        fetch = fetches[holder_id]
+        info = fragment_key_info(request.operation_id, holder_id, index)
+        opened = envelope.open_(env.stored.holder_keys[holder_id], fetch.sealed_fragment_key, info=info)
+        assert opened == env.dep.master_key.fragment_key("db/password", 1, index, holder_id)
+        for other_id in HOLDERS:
+            if other_id != holder_id:
+                with pytest.raises(IntegrityError):
+                    envelope.open_(env.stored.holder_keys[other_id], fetch.sealed_fragment_key, info=info)
+
+
+async def test_accepted_request_audited(env: Env):
+    topics = env.dep.topics
+    request = await env.send_request("billing", "db/password")
+
+    async with readers(env.dep.settings.kafka_bootstrap, topics.audit) as (audit,):
+        accepted = await audit.wait_for_type(AuditRecord, action="request.accepted", operation_id=request.operation_id)
+        fetched = await audit.wait_for_type(AuditRecord, 3, action="fetch.sent", operation_id=request.operation_id)
+
+    assert accepted[0].secret_name == "db/password"
+    assert {record.holder_id for record in fetched} == set(HOLDERS)
+
+
+async def test_per_operation_holders_loaded(env: Env):
+    topics = env.dep.topics
+    bootstrap = env.dep.settings.kafka_bootstrap
+    stored = await store_secret(env.redis, env.dep, "db/ephemeral", b"per-operation secret", ["x1", "x2"],
+                                threshold=2, lifecycle="per_operation")
+    from shardbus.crypto import aead
+    from shardbus.store.mapping import BACKUP_SLOT, MappingTable
+
+    mapping = MappingTable(env.redis, env.dep.master_key, env.dep.redis_prefix)
+    for fragment in stored.fragments.fragments:
+        key = env.dep.master_key.fragment_key("db/ephemeral", 1, fragment.index, BACKUP_SLOT)
+        blob = aead.seal_fragment(key, fragment.to_bytes(), secret_id="db/ephemeral", version=1,
+                                  index=fragment.index, holder_id=BACKUP_SLOT, key_version=env.dep.master_key.version)
+        await mapping.put_backup("db/ephemeral", 1, fragment.index, blob)
+    new_holders = ["p-one", "p-two"]
+    holder_keys = {h: envelope.EnvelopeKeyPair.generate() for h in new_holders}
+    from shardbus.kafka import ensure_topics
+    await ensure_topics(bootstrap, [topics.holder(h) for h in new_holders])
+
+    request = await env.send_request("billing", "db/ephemeral")
+    async with readers(bootstrap, topics.provisioner) as (provisioner,):
+        (ask,) = await provisioner.wait_for_type(ProvisionRequest, operation_id=request.operation_id)
+    assert ask.count == 2
+    assert ask.reply_topic == provisioned_topic(topics.prefix)
+
+    reply = ProvisionReply(
+        request_id=ask.request_id,
+        holders=tuple(ProvisionedHolder(h, holder_keys[h].public_bytes(), "x25519") for h in new_holders),
+        error="",
+    )
+    await env.producer.send(ask.reply_topic, reply)
+
+    async with readers(bootstrap, *(topics.holder(h) for h in new_holders)) as holder_readers:
+        for index, (holder_id, reader) in enumerate(zip(new_holders, holder_readers), start=1):
+            await reader.wait_for(lambda messages: len(messages) >= 2, what="a store and a fetch")
+            store, fetch = [m for _, m in reader.records[:2]]
+            assert isinstance(store, StoreFragment)
+            assert store.key_slot == BACKUP_SLOT
+            assert isinstance(fetch, FetchCommand)
+            fragment_key = envelope.open_(
+                holder_keys[holder_id], fetch.sealed_fragment_key,
+                info=fragment_key_info(request.operation_id, holder_id, index),
+            )
+            opened = aead.open_fragment(fragment_key, store.sealed_fragment, secret_id="db/ephemeral", version=1,
+                                        index=index, holder_id=BACKUP_SLOT, key_version=env.dep.master_key.version)
+            assert opened == stored.fragments.fragments[index - 1].to_bytes()
