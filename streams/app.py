@@ -1,9 +1,10 @@
 """The faust settings both stream services share, and how they run.
 
 Both services use faust-streaming 0.15.3 with aiokafka 0.14 on an Apache
-Kafka 4.1 broker. faust's own CI covers Kafka 4.0, and a spike against the
-development broker confirmed that an app consumes, produces, runs timers,
-commits its offsets on a clean stop and resumes from them. These settings
+Kafka 4.1 broker, a broker version outside what faust 0.15.3 was tested
+against. A spike against the development broker showed that an app started
+this way consumes, produces, runs timers, commits its offsets on a clean
+stop and resumes from them. These settings
 differ from faust's defaults, for the reasons given beside each one:
 
 - ``topic_disable_leader=True``: faust would otherwise create an extra
@@ -36,14 +37,16 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.base import MAX_MESSAGE_SIZE
+from shardbus.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Partitions of the shared topics the services create; ``plans`` and
-#: ``fragments`` must have the same count so both halves of an operation
-#: reach the same reassembler instance.
+#: Partitions of the shared topics the services create. ``plans`` and
+#: ``fragments`` must have the same count, so that both halves of an
+#: operation reach the same reassembler instance.
 DEFAULT_PARTITIONS = 4
 
 # A fetch must hold at least one record of the largest message type, plus
@@ -73,9 +76,30 @@ def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
     )
 
 
-def raw_topic(app: faust.App, name: str) -> faust.TopicT:
-    """Return a faust topic whose keys and values are plain bytes."""
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    """Return a faust topic over `names` whose keys and values are plain bytes."""
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+async def check_copartitioned(bootstrap: str, first: str, second: str) -> int:
+    """Return the partition count of two topics, or raise ConfigError if they differ.
+
+    Both halves of an operation reach one consumer only when the two topics
+    have the same count, and creating topics never changes the count of a
+    topic that exists already.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = {topic["topic"]: len(topic["partitions"]) for topic in await admin.describe_topics([first, second])}
+    finally:
+        await admin.close()
+    if described.get(first) != described.get(second):
+        raise ConfigError(
+            f"topics {first} and {second} have {described.get(first)} and {described.get(second)} partitions; "
+            "they must have the same count, so recreate one of them with the other's count"
+        )
+    return described[first]
 
 
 async def run_until_stopped(
