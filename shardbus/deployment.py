@@ -6,6 +6,8 @@
                         and the authorizer read it
     reassembler.key     the reassembler's HPKE private key (0600)
     reassembler.pub     its public key, which the authorizer hands to holders
+    audit.key           the Ed25519 key that signs audit records (0600, PEM)
+    audit.pub           its public key (PEM), all an auditor needs to verify
     policy.yaml         which app may lease which secret
     apps/<app>.key      an app's Ed25519 signing key (0600), made by
                         `shardbus app add` for apps that have no key of their own
@@ -52,6 +54,12 @@ def init_deployment(home: Path, *, kem: str = "x25519") -> list[Path]:
         _write_private(private_path, f"{_PRIVATE_MAGIC} {_FORMAT} {kem} {_b64(key_pair.private_bytes())}\n")
         public_path.write_text(f"{_PUBLIC_MAGIC} {_FORMAT} {kem} {_b64(key_pair.public_bytes())}\n")
         made += [private_path, public_path]
+    audit_path, audit_public_path = home / "audit.key", home / "audit.pub"
+    if not audit_path.exists():
+        audit_key = SigningKey.generate()
+        _write_private(audit_path, audit_key.to_pem().decode("ascii"))
+        audit_public_path.write_bytes(audit_key.verify_key.to_pem())
+        made += [audit_path, audit_public_path]
     policy_path = home / "policy.yaml"
     if not policy_path.exists():
         policy_path.write_text(yaml.safe_dump({"version": POLICY_VERSION, "max_request_age_s": 30, "apps": {}}))

@@ -8,6 +8,7 @@ import pytest
 
 from shardbus import deployment
 from shardbus.crypto.keys import MasterKey
+from shardbus.crypto.signing import VerifyKey
 from shardbus.errors import ConfigError
 from shardbus.policy import load_policy
 
@@ -15,14 +16,18 @@ from shardbus.policy import load_policy
 def test_init_creates_private_keys(tmp_path):
     home = tmp_path / "home"
     made = deployment.init_deployment(home)
-    assert {p.name for p in made} == {"master.key", "reassembler.key", "reassembler.pub", "policy.yaml"}
-    for name in ("master.key", "reassembler.key"):
+    assert {p.name for p in made} == {
+        "master.key", "reassembler.key", "reassembler.pub", "audit.key", "audit.pub", "policy.yaml",
+    }
+    for name in ("master.key", "reassembler.key", "audit.key"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     MasterKey.load(home / "master.key")
     key_pair = deployment.load_reassembler_key(home / "reassembler.key")
     public = deployment.load_reassembler_public(home / "reassembler.pub")
     assert public.to_bytes() == key_pair.public_bytes()
+    audit_key = deployment.load_signing_key(home / "audit.key")
+    assert VerifyKey.from_pem((home / "audit.pub").read_bytes()) == audit_key.verify_key
     assert load_policy(home / "policy.yaml").apps == {}
 
 
