@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.base import MAX_MESSAGE_SIZE
 from shardbus.errors import ConfigError
+from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,10 @@ async def run_until_stopped(
     try:
         if on_start is not None:
             await on_start()
+        # app.start() returns once the consumer has its partitions, so this
+        # is the moment a supervisor may start sending records.
         await app.start()
+        mark_ready()
         log.info("%s started", app.conf.id)
         await stopped.wait()
     finally:
