@@ -1,0 +1,83 @@
+"""The interface between the provisioner and whatever runs a holder.
+
+The provisioner decides when a holder starts and stops; a backend decides
+how. The default backend runs each holder as an OS process
+(``provisioner.process``); a microVM or Kubernetes backend implements the same
+four operations.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HolderSpec:
+    """The settings a backend needs to start one holder.
+
+    ``kafka_bootstrap`` and ``topic_prefix`` are the only settings a holder
+    reads. It needs neither Redis nor the deployment folder.
+    """
+
+    holder_id: str
+    kafka_bootstrap: str
+    topic_prefix: str
+    heartbeat_interval_s: float = 2.0
+    kem: str = "x25519"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A backend's view of one holder.
+
+    ``pid`` is the process id when the backend can see it (0 when it
+    cannot), which lets the provisioner match it against the holder's
+    heartbeat. ``exit_code`` is None while the holder runs.
+    """
+
+    holder_id: str
+    alive: bool
+    pid: int
+    exit_code: int | None
+    detail: str
+
+
+class HolderBackend(abc.ABC):
+    """Starts, stops and watches holders."""
+
+    @abc.abstractmethod
+    async def start(self, spec: HolderSpec) -> BackendStatus:
+        """Start a holder and return its status as soon as it is launched.
+
+        It returns before the holder is ready: readiness is the holder's
+        first heartbeat, which the provisioner waits for. Raises
+        ServiceUnavailable when the holder cannot be launched.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, holder_id: str, timeout_s: float = 5.0) -> None:
+        """Stop a holder and release what the backend made for it.
+
+        Asks the holder to stop (it wipes what it holds), waits up to
+        `timeout_s`, then forces it. Stopping a holder that has exited, or
+        one the backend does not know, is not an error.
+        """
+
+    @abc.abstractmethod
+    def status(self, holder_id: str) -> BackendStatus | None:
+        """Return the holder's current status, or None for an unknown id."""
+
+    def is_alive(self, holder_id: str) -> bool:
+        """Tell whether the holder is still running."""
+        status = self.status(holder_id)
+        return status is not None and status.alive
+
+    @abc.abstractmethod
+    def holder_ids(self) -> list[str]:
+        """Return the ids of every holder started and not yet stopped."""
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every holder this backend started."""
+        for holder_id in self.holder_ids():
+            await self.stop(holder_id, timeout_s)
