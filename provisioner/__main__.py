@@ -1,0 +1,94 @@
+"""Run the provisioner: ``python -m provisioner [--pool-size N]``.
+
+Kafka, Redis, the topic prefix and the deployment folder come from the
+environment (see ``shardbus.config``). Holder logs go to ``--log-dir``, by
+default ``$SHARDBUS_HOME/logs/holders``. SIGTERM or SIGINT stops the
+provisioner after it has torn down every holder it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from provisioner.config import ProvisionerConfig
+
+_DEFAULTS = ProvisionerConfig()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m provisioner", description="Run the shardbus provisioner.")
+    parser.add_argument("--pool-size", type=int, default=_DEFAULTS.pool_size,
+                        help=f"ready, empty holders to keep warm (default {_DEFAULTS.pool_size})")
+    parser.add_argument("--max-holders", type=int, default=_DEFAULTS.max_holders,
+                        help=f"maximum number of holders in use outside the warm pool (default {_DEFAULTS.max_holders})")
+    parser.add_argument("--heartbeat-interval", type=float, default=_DEFAULTS.heartbeat_interval_s,
+                        metavar="SECONDS", help="seconds between a holder's heartbeats "
+                        f"(default {_DEFAULTS.heartbeat_interval_s:g})")
+    parser.add_argument("--heartbeat-timeout", type=float, default=_DEFAULTS.heartbeat_timeout_s,
+                        metavar="SECONDS", help="seconds without a heartbeat before a holder is marked "
+                        f"failed (default {_DEFAULTS.heartbeat_timeout_s:g})")
+    parser.add_argument("--ready-timeout", type=float, default=_DEFAULTS.ready_timeout_s, metavar="SECONDS",
+                        help=f"seconds a new holder has to send its first heartbeat "
+                        f"(default {_DEFAULTS.ready_timeout_s:g})")
+    parser.add_argument("--kem", default=_DEFAULTS.kem, choices=["x25519", "mlkem768-x25519"],
+                        help=f"HPKE KEM of the holders' key pairs (default {_DEFAULTS.kem})")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="folder for holder log files (default $SHARDBUS_HOME/logs/holders)")
+    args = parser.parse_args(argv)
+    try:
+        args.config = ProvisionerConfig(
+            pool_size=args.pool_size,
+            max_holders=args.max_holders,
+            heartbeat_interval_s=args.heartbeat_interval,
+            heartbeat_timeout_s=args.heartbeat_timeout,
+            ready_timeout_s=args.ready_timeout,
+            kem=args.kem,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+async def _run(args: argparse.Namespace) -> None:
+    from redis.asyncio import Redis
+
+    from provisioner.process import ProcessBackend
+    from provisioner.service import Provisioner
+    from schemas.topics import Topics
+    from shardbus.config import Settings
+
+    settings = Settings.from_env()
+    log_dir = args.log_dir or settings.home / "logs" / "holders"
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        service = Provisioner(
+            settings.kafka_bootstrap, Topics(settings.topic_prefix), ProcessBackend(log_dir), redis, args.config,
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, service.stop)
+        await service.run()
+    finally:
+        await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shardbus.errors import ShardbusError
+
+    try:
+        asyncio.run(_run(args))
+    except ShardbusError as exc:
+        logging.getLogger("provisioner").error("provisioner stopped: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

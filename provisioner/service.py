@@ -1,0 +1,399 @@
+"""The provisioner service: hands out holders and cleans up after them.
+
+It consumes three topics:
+
+- ``{p}.provisioner``: a ProvisionRequest takes holders from the warm pool,
+  which starts new ones if it is empty. The holders are recorded in the
+  registry as assigned (pooled) or per_operation, and a ProvisionReply with
+  their ids and public keys goes to the request's ``reply_topic``. The
+  provisioner never reads or sends fragments, because the caller loads them.
+- ``{p}.heartbeats``: a holder's first heartbeat makes it ready; later ones
+  keep it alive. A heartbeat from a process other than the one started, or
+  with another public key than the first, is ignored.
+- ``{p}.lifecycle``: ``operation_completed`` tears down the operation's
+  per-operation holders and refills the pool; it and ``lease_released`` make
+  the pooled holders they name ``holder_returned``. ``holders_released``
+  tears down the holders it names, whose fragments were destroyed.
+
+A watcher marks a holder failed, with a ``holder_failed`` event, when its
+process exits or its heartbeats stop. Stopping the service tears down every
+holder it started, pooled ones included.
+
+Partitions are assigned directly, from the end, so no consumer group is
+involved: one provisioner owns its holder processes, and a request sent
+while no provisioner runs times out at the caller instead of being served
+late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from provisioner.backend import HolderBackend, HolderSpec
+from provisioner.config import HOLDER_TOPIC_CONFIG, ProvisionerConfig
+from provisioner.pool import WarmPool, new_holder_id
+from provisioner.registry import HolderRecord, HolderRegistry, HolderState
+from schemas import codec
+from schemas.audit import DeadLetter
+from schemas.base import Message
+from schemas.holders import (
+    EventKind,
+    HolderAck,
+    HolderHeartbeat,
+    HolderLifecycle,
+    LifecycleEvent,
+    ProvisionedHolder,
+    ProvisionReply,
+    ProvisionRequest,
+)
+from schemas.topics import Topics
+from shardbus.errors import DecodeError, ServiceUnavailable
+from shardbus.kafka import delete_topics, ensure_topics
+
+log = logging.getLogger(__name__)
+
+FailureHook = Callable[[HolderRecord], Awaitable[None]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _no_replacement(record: HolderRecord) -> None:
+    # TODO: start a replacement holder and restore its fragment from the
+    # backup store. Restoring needs the master key, which the provisioner
+    # does not have, so pass a hook that asks a component holding it.
+    log.warning("holder %s failed and no replacement is configured (secret %r v%d, index %d)",
+                record.holder_id, record.secret_name, record.secret_version, record.fragment_index)
+
+
+class Provisioner:
+    """Runs the provisioner until `stop()`; see the module docstring."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        backend: HolderBackend,
+        redis: Redis,
+        config: ProvisionerConfig = ProvisionerConfig(),
+        *,
+        clock_ms: Callable[[], int] = _now_ms,
+        make_holder_id: Callable[[], str] = new_holder_id,
+        on_holder_failed: FailureHook = _no_replacement,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self.topics = topics
+        self.backend = backend
+        self.config = config
+        self.registry = HolderRegistry(redis, topics.prefix, clock_ms=clock_ms)
+        self._clock_ms = clock_ms
+        self._on_holder_failed = on_holder_failed
+        self.pool = WarmPool(
+            backend, self.registry, self._spec_for, self._create_holder_topics, self.fail_holder,
+            target=config.pool_size, ready_timeout_s=config.ready_timeout_s, make_holder_id=make_holder_id,
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._keys: dict[str, bytes] = {}
+        self._last_seen: dict[str, float] = {}
+        self._failed: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        #: Set once the consumer has its position, so a request sent now is seen.
+        self.ready = asyncio.Event()
+
+    def _spec_for(self, holder_id: str) -> HolderSpec:
+        return HolderSpec(holder_id, self._bootstrap, self.topics.prefix,
+                          self.config.heartbeat_interval_s, self.config.kem)
+
+    async def _create_holder_topics(self, holder_ids: list[str]) -> None:
+        await ensure_topics(self._bootstrap, [self.topics.holder(h) for h in holder_ids],
+                            config=HOLDER_TOPIC_CONFIG)
+
+    # -- running ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the service to stop; safe to call from a signal handler."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until stopped, then tear down every holder."""
+        consumed = [self.topics.provisioner, self.topics.heartbeats, self.topics.lifecycle]
+        await ensure_topics(self._bootstrap, consumed + [self.topics.deadletter])
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner", acks="all")
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, client_id="provisioner",
+                                          group_id=None, enable_auto_commit=False)
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            try:
+                await self._assign_from_end(consumed)
+                self.pool.start()
+                self._spawn(self._watch_loop(), "watch-holders")
+                self.ready.set()
+                log.info("provisioner serving prefix %s with a pool of %d", self.topics.prefix, self.pool.target)
+                await self._serve()
+            finally:
+                await self._consumer.stop()
+            await self._shutdown()
+        finally:
+            await self._producer.stop()
+
+    async def _assign_from_end(self, topic_names: list[str]) -> None:
+        assert self._consumer is not None
+        await self._consumer.topics()  # Loads the cluster metadata, partition counts included.
+        partitions = [
+            TopicPartition(name, number)
+            for name in topic_names
+            for number in sorted(self._consumer.partitions_for_topic(name) or {0})
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await self._consumer.position(partition)
+
+    async def _serve(self) -> None:
+        assert self._consumer is not None
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                fetch = asyncio.create_task(self._consumer.getmany(timeout_ms=500))
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    await asyncio.gather(fetch, return_exceptions=True)
+                    break
+                for records in fetch.result().values():
+                    for record in records:
+                        await self._dispatch(record)
+        finally:
+            stopping.cancel()
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pool.close()
+        holder_ids = self.backend.holder_ids()
+        await asyncio.gather(*(self.teardown(h, "the provisioner is stopping") for h in holder_ids))
+        log.info("provisioner stopped after tearing down %d holders", len(holder_ids))
+
+    def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("provisioner task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- incoming records -----------------------------------------------------------
+
+    async def _dispatch(self, record) -> None:  # noqa: ANN001 (aiokafka ConsumerRecord)
+        payload = record.value if record.value is not None else b""
+        expected = {
+            self.topics.provisioner: (ProvisionRequest,),
+            self.topics.heartbeats: (HolderHeartbeat,),
+            self.topics.lifecycle: (LifecycleEvent, HolderAck),
+        }[record.topic]
+        try:
+            message = codec.decode(payload, expected)
+        except DecodeError as exc:
+            await self._dead_letter(record.topic, record.partition, record.offset, payload, str(exc))
+            return
+        try:
+            if isinstance(message, ProvisionRequest):
+                self._spawn(self.provision(message), f"provision-{message.request_id}")
+            elif isinstance(message, HolderHeartbeat):
+                await self._on_heartbeat(message)
+            elif isinstance(message, LifecycleEvent):
+                await self._on_lifecycle(message)
+        except RedisError as exc:
+            log.error("could not handle %s from %s[%d]@%d, Redis failed: %s", message.type_name,
+                      record.topic, record.partition, record.offset, exc)
+
+    async def _on_heartbeat(self, heartbeat: HolderHeartbeat) -> None:
+        holder_id = heartbeat.holder_id
+        status = self.backend.status(holder_id)
+        if status is None or holder_id in self._failed:
+            return  # Not a holder of this provisioner, or one already given up.
+        if status.pid and status.pid != heartbeat.pid:
+            log.warning("ignored heartbeat for holder %s from pid %d, expected pid %d",
+                        holder_id, heartbeat.pid, status.pid)
+            return
+        pinned = self._keys.get(holder_id)
+        if pinned is None:
+            if not self.pool.on_heartbeat(holder_id, heartbeat.public_key, heartbeat.kem, heartbeat.pid):
+                return
+            self._keys[holder_id] = heartbeat.public_key
+        elif pinned != heartbeat.public_key:
+            log.warning("ignored heartbeat for holder %s with a public key other than its first", holder_id)
+            return
+        self._last_seen[holder_id] = time.monotonic()
+        loaded = [(f.secret_name, f.secret_version, f.fragment_index) for f in heartbeat.loaded]
+        await self.registry.record_heartbeat(holder_id, self._clock_ms(), loaded)
+
+    async def _on_lifecycle(self, event: LifecycleEvent) -> None:
+        named = set(event.holders) | ({event.holder_id} if event.holder_id else set())
+        if event.event is EventKind.HOLDERS_RELEASED:
+            for holder_id in sorted(named):
+                if self.backend.status(holder_id) is not None:
+                    self._spawn(self.teardown(holder_id, "its fragments were destroyed"), f"release-{holder_id}")
+            self.pool.request_refill()
+            return
+        if event.event not in (EventKind.OPERATION_COMPLETED, EventKind.LEASE_RELEASED):
+            return
+        for holder_id in sorted(named):
+            record = await self.registry.get(holder_id)
+            if record is not None and record.state is HolderState.ASSIGNED:
+                await self._emit(EventKind.HOLDER_RETURNED, record, detail=f"after {event.event.value}",
+                                 operation_id=event.operation_id)
+        if event.event is EventKind.OPERATION_COMPLETED and event.operation_id:
+            self._spawn(self.teardown_operation(event.operation_id), f"teardown-{event.operation_id}")
+
+    # -- actions --------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        """Serve one ProvisionRequest and send its ProvisionReply."""
+        running = len(self.backend.holder_ids())
+        unready = running - self.pool.ready_count
+        try:
+            if unready + request.count > self.config.max_holders:
+                raise ServiceUnavailable(
+                    f"{request.count} more holders would exceed the limit of {self.config.max_holders}; "
+                    "retry after operations complete"
+                )
+            taken = await self.pool.take(request.count)
+        except ServiceUnavailable as exc:
+            log.warning("provision request %s for %d holders failed: %s", request.request_id, request.count, exc)
+            await self._send(request.reply_topic, ProvisionReply(request.request_id, holders=(), error=str(exc)))
+            return
+
+        per_operation = request.lifecycle is HolderLifecycle.PER_OPERATION
+        state = HolderState.PER_OPERATION if per_operation else HolderState.ASSIGNED
+        for holder in taken:
+            await self.registry.set_state(
+                holder.holder_id, state,
+                lifecycle=request.lifecycle.value, operation_id=request.operation_id,
+                secret_name=request.secret_name, secret_version=request.secret_version,
+            )
+
+        reply = ProvisionReply(
+            request_id=request.request_id,
+            holders=tuple(ProvisionedHolder(h.holder_id, h.public_key, h.kem) for h in taken),
+            error="",
+        )
+        await self._send(request.reply_topic, reply)
+
+        ids = tuple(h.holder_id for h in taken)
+        log.info("provision request %s: %s holders %s for %r v%d, operation %s", request.request_id,
+                 request.lifecycle.value, ", ".join(ids), request.secret_name, request.secret_version,
+                 request.operation_id or "-")
+        await self._send(self.topics.lifecycle, LifecycleEvent(
+            event=EventKind.HOLDER_PROVISIONED, at_ms=self._clock_ms(), holder_id="",
+            operation_id=request.operation_id, secret_name=request.secret_name,
+            secret_version=request.secret_version, detail=request.lifecycle.value, holders=ids,
+        ))
+
+    async def teardown_operation(self, operation_id: str) -> None:
+        """Tear down the per-operation holders of one operation and refill the pool."""
+        holder_ids = await self.registry.holders_of_operation(operation_id)
+        for holder_id in holder_ids:
+            await self.teardown(holder_id, f"operation {operation_id} completed")
+        await self.registry.forget_operation(operation_id)
+        self.pool.request_refill()
+
+    async def teardown(self, holder_id: str, detail: str) -> None:
+        """Stop a holder, delete its topic, record it torn down and announce it."""
+        await self.backend.stop(holder_id, self.config.stop_timeout_s)
+        await self._delete_topic(holder_id)
+        self._forget(holder_id)
+        record = await self.registry.get(holder_id)
+        if record is not None and record.state in (HolderState.FAILED, HolderState.TORN_DOWN):
+            return
+        await self.registry.set_state(holder_id, HolderState.TORN_DOWN, detail=detail)
+        record = await self.registry.get(holder_id) or HolderRecord(holder_id, HolderState.TORN_DOWN)
+        await self._emit(EventKind.HOLDER_TORN_DOWN, record, detail=detail)
+        log.info("tore down holder %s: %s", holder_id, detail)
+
+    async def fail_holder(self, holder_id: str, reason: str) -> None:
+        """Record a holder as failed, stop what is left of it and call the failure hook.
+
+        Calling it again for the same holder does nothing.
+        """
+        if holder_id in self._failed:
+            return
+        if self.pool.is_starting(holder_id):
+            # The pool's watcher gives the launch up and calls back.
+            self.pool.discard(holder_id, reason)
+            return
+        self._failed.add(holder_id)
+        self.pool.discard(holder_id, reason)
+        log.warning("holder %s failed: %s", holder_id, reason)
+        await self.backend.stop(holder_id, self.config.stop_timeout_s)
+        await self._delete_topic(holder_id)
+        self._forget(holder_id)
+        await self.registry.set_state(holder_id, HolderState.FAILED, detail=reason[:2048])
+        record = await self.registry.get(holder_id) or HolderRecord(holder_id, HolderState.FAILED)
+        await self._emit(EventKind.HOLDER_FAILED, record, detail=reason)
+        self.pool.request_refill()
+        await self._on_holder_failed(record)
+
+    def _forget(self, holder_id: str) -> None:
+        self._keys.pop(holder_id, None)
+        self._last_seen.pop(holder_id, None)
+
+    async def _delete_topic(self, holder_id: str) -> None:
+        try:
+            await delete_topics(self._bootstrap, [self.topics.holder(holder_id)])
+        except KafkaError as exc:
+            log.warning("could not delete the topic of holder %s: %s", holder_id, exc)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            now = time.monotonic()
+            for holder_id in self.backend.holder_ids():
+                status = self.backend.status(holder_id)
+                if status is not None and not status.alive:
+                    await self.fail_holder(holder_id, f"holder process exited ({status.detail})")
+                    continue
+                seen = self._last_seen.get(holder_id)
+                if seen is not None and now - seen > self.config.heartbeat_timeout_s:
+                    await self.fail_holder(holder_id, f"no heartbeat for {now - seen:.1f} s")
+
+    # -- outgoing records -----------------------------------------------------------
+
+    async def _emit(self, kind: EventKind, record: HolderRecord, *, detail: str = "", operation_id: str = "") -> None:
+        await self._send(self.topics.lifecycle, LifecycleEvent(
+            event=kind, at_ms=self._clock_ms(), holder_id=record.holder_id,
+            operation_id=operation_id or record.operation_id, secret_name=record.secret_name,
+            secret_version=record.secret_version, detail=detail[:2048], holders=(record.holder_id,),
+        ))
+
+    async def _dead_letter(self, topic: str, partition: int, offset: int, payload: bytes, reason: str) -> None:
+        log.warning("sent the record at %s[%d]@%d to the dead-letter topic: %s", topic, partition, offset, reason)
+        await self._send(self.topics.deadletter, DeadLetter(
+            source_topic=topic, partition=partition, offset=offset, reason=reason[:2048],
+            payload_size=len(payload), payload_sha256=hashlib.sha256(payload).digest(), at_ms=self._clock_ms(),
+        ))
+
+    async def _send(self, topic: str, message: Message) -> None:
+        if self._producer is None:
+            raise RuntimeError("the provisioner's producer is not running")
+        try:
+            await self._producer.send_and_wait(topic, codec.encode(message), key=Topics.partition_key(message))
+        except KafkaError as exc:
+            log.error("could not send %s to %s: %s", message.type_name, topic, exc)
