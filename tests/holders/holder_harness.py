@@ -18,7 +18,7 @@ from schemas.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER_ID = "holder-test"
-#: Longest wait for any one reply; generous for a loaded CI machine.
+#: Maximum wait for any one reply, generous for a loaded CI machine.
 REPLY_TIMEOUT_S = 30.0
 HOLDER_TOPIC_CONFIG = {"max.message.bytes": str(MAX_MESSAGE_SIZE + 64 * 1024)}
 
