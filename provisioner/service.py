@@ -58,6 +58,7 @@ from schemas.holders import (
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
 from shardbus.kafka import delete_topics, ensure_topics
+from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Provisioner:
                 self.pool.start()
                 self._spawn(self._watch_loop(), "watch-holders")
                 self.ready.set()
+                self._spawn(self._announce_ready(), "announce-ready")
                 log.info("provisioner serving prefix %s with a pool of %d", self.topics.prefix, self.pool.target)
                 await self._serve()
             finally:
@@ -148,6 +150,15 @@ class Provisioner:
             await self._shutdown()
         finally:
             await self._producer.stop()
+
+    async def _announce_ready(self) -> None:
+        # A supervisor waits for the ready file before it sends requests, so
+        # the file waits for a full pool, which serves them without cold starts.
+        try:
+            await self.pool.wait_filled(self.config.ready_timeout_s)
+        except ServiceUnavailable as exc:
+            log.warning("announcing readiness without a full pool: %s", exc)
+        mark_ready()
 
     async def _assign_from_end(self, topic_names: list[str]) -> None:
         assert self._consumer is not None
