@@ -8,8 +8,8 @@ failed check sends an ErrorReply (see streams.denials) and an audit record
 ``request.denied``.
 
 An accepted request of a pooled secret gets an OperationPlan on ``{p}.plans``
-and one FetchCommand per live holder; one of a per-operation secret first
-gets its holders from the provisioner (streams.provisioning). The audit
+and one FetchCommand per live holder. An accepted request of a per-operation
+secret first gets its holders from the provisioner (streams.provisioning). The audit
 records are ``request.accepted`` and one ``fetch.sent`` per holder.
 
 Run it with ``python -m streams.authorizer``; it reads shardbus.config.Settings
@@ -48,7 +48,7 @@ from provisioner.registry import HolderRegistry, HolderState
 from streams.admission import DEFAULT_MAX_SKEW_S, Admission, RequestChecks
 from streams.app import DEFAULT_PARTITIONS, LARGE_RECORD_CONFIG, make_app, raw_topic, run_main, run_until_stopped
 from streams.denials import Denials, readable_ids
-from streams.handling import InputRecord, is_retriable, retrying
+from streams.handling import InputRecord, RepeatedFailureLog, is_retriable, retrying
 from shardbus.deployment import load_reassembler_public
 from streams.outbox import Outbox, SendFn
 from streams.planning import FetchTarget, Planner
@@ -115,9 +115,10 @@ class Authorizer:
         mapping = MappingTable(redis, master_key, redis_prefix)
         self._registry = HolderRegistry(redis, redis_prefix, clock_ms=lambda: int(clock() * 1000))
         self.checks = RequestChecks(policy, mapping, redis, redis_prefix, max_skew_s=options.max_skew_s, clock=clock)
+        self._ledger = ReplyLedger(redis, redis_prefix)
         self.denials = Denials(
             self.outbox,
-            ReplyLedger(redis, redis_prefix),
+            self._ledger,
             topic_check,
             registered_apps=frozenset(policy.apps),
             seen=self.checks.seen,
@@ -147,6 +148,10 @@ class Authorizer:
             return
         try:
             admission = await self.checks.admit(request, record.partition, record.offset)
+            if await self._ledger.stored(request.operation_id) is not None:
+                # A request processed again after its operation finished.
+                log.info("operation %s already has its final reply; no new fetches sent", request.operation_id)
+                return
             await self._accept(admission)
         except HoldersUnavailable as denial:
             await self._deny(request, denial, holders=denial.holders)
@@ -265,24 +270,40 @@ def build_app(app: faust.App, authorizer: Authorizer, stopped: asyncio.Event) ->
     async def authorize(stream: faust.StreamT) -> None:
         async for event in stream.events():
             record = _input_record(event)
-            await retrying(f"request at {record.partition}:{record.offset}", lambda: authorizer.handle_request(record), stop=stopped)
+            try:
+                await retrying(
+                    f"request at {record.partition}:{record.offset}",
+                    lambda: authorizer.handle_request(record),
+                    stop=stopped,
+                )
+            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
+                log.exception("failed to handle the request at %s[%d]@%d; skipped it",
+                              record.topic, record.partition, record.offset)
 
     @app.agent(provisioned, name="authorizer.provisioned")
     async def load_holders(stream: faust.StreamT) -> None:
         async for event in stream.events():
             record = _input_record(event)
-            await retrying(
-                f"provision reply at {record.partition}:{record.offset}",
-                lambda: authorizer.handle_provisioned(record),
-                stop=stopped,
-            )
+            try:
+                await retrying(
+                    f"provision reply at {record.partition}:{record.offset}",
+                    lambda: authorizer.handle_provisioned(record),
+                    stop=stopped,
+                )
+            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
+                log.exception("failed to handle the provision reply at %s[%d]@%d; skipped it",
+                              record.topic, record.partition, record.offset)
+
+    failures = RepeatedFailureLog(log, "expiring pending provision requests")
 
     @app.timer(0.25, name="authorizer.expire_pending")
     async def expire_pending() -> None:
         try:
             await authorizer.provisioning.expire()
-        except Exception:  # noqa: BLE001 - the timer must keep running; the next tick retries.
-            log.exception("failed to expire pending provision requests")
+        except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next tick retries.
+            failures.failed(exc)
+        else:
+            failures.succeeded()
 
 
 def _input_record(event: faust.EventT) -> InputRecord:

@@ -1,12 +1,17 @@
-"""How the authorizer answers a request it rejects.
+"""How the authorizer replies to a request it rejects.
 
 A denial after the signature check is the operation's final reply, so it is
 claimed in the reply ledger like any other (see streams.replies). A denial
 before the signature check (invalid_request, unknown_app, bad_signature) is
 not claimed and is not sent at all once the operation id is known: anyone
 may write to ``{p}.requests``, and a forged record must not be able to
-answer, or block the answer to, an operation that a real application
-started.
+send the reply to, or block the reply of, an operation that a real
+application started.
+
+A replayed operation id is different: the copy carries the app's valid
+signature, so its replayed_operation denial is claimed like the others. An
+operation whose request was copied while it was in flight therefore ends
+with replayed_operation instead of a lease.
 """
 
 from __future__ import annotations

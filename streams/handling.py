@@ -1,4 +1,4 @@
-"""What the stream handlers share: the record they get, and retries.
+"""The input record type and the retry loop that the stream handlers share.
 
 Handlers are idempotent, so a record that fails on a retriable error
 (Redis or Kafka unreachable) is processed again from the start. Its offset
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -47,10 +48,10 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, (*_RETRIABLE_REDIS_ERRORS, ConnectionError, asyncio.TimeoutError))
 
 
-async def retrying(what: str, call: Callable[[], Awaitable[T]], *, stop: asyncio.Event | None = None) -> T:
+async def retrying(description: str, call: Callable[[], Awaitable[T]], *, stop: asyncio.Event | None = None) -> T:
     """Await `call()` until it returns, retrying retriable errors with backoff.
 
-    `what` names the work in log lines. Other errors propagate. When `stop`
+    `description` names the work in log lines. Other errors propagate. When `stop`
     is set the last retriable error propagates instead of another retry, so
     a stopping service does not hang on an unreachable Redis.
     """
@@ -61,6 +62,42 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], *, stop: asyncio
         except Exception as exc:
             if not is_retriable(exc) or (stop is not None and stop.is_set()):
                 raise
-            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
+            log.warning("%s failed (%s: %s); retrying in %.1f s", description, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY_S)
+
+
+class RepeatedFailureLog:
+    """A log for a failure that may repeat on every timer tick.
+
+    The first failure is logged with its traceback, later ones at most once
+    per `interval_s` with the count so far, and the first success after a
+    failure is logged too.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, description: str, *, interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._description = description
+        self._interval_s = interval_s
+        self._clock = clock
+        self._failures = 0
+        self._logged_at = float("-inf")
+
+    def failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._clock() - self._logged_at < self._interval_s:
+            return
+        self._logged_at = self._clock()
+        self._logger.error(
+            "%s failed (%d times since the last success): %s: %s",
+            self._description, self._failures, type(exc).__name__, exc, exc_info=self._failures == 1,
+        )
+
+    def succeeded(self) -> None:
+        if self._failures:
+            self._logger.info("%s succeeded again after %d failures", self._description, self._failures)
+        self._failures = 0
+        self._logged_at = float("-inf")

@@ -15,7 +15,7 @@ followed by a LifecycleEvent ``operation_completed`` listing its holders.
 The per-operation state lives in Redis (streams.opstate) rather than in a
 faust windowed table: it survives a crash of the process, it is shared by
 several reassembler instances, and it avoids faust's known bugs with
-windowed-table expiry after a rebalance. The state holds the responses as
+windowed-table expiry after a rebalance. The state contains the responses as
 they arrived, still sealed to the reassembler, never a plaintext fragment.
 
 NOTE: HPKE base mode does not authenticate the sender, so anyone who can
@@ -64,7 +64,7 @@ from streams.app import (
     run_until_stopped,
 )
 from streams.assembly import FragmentRejected, open_context, open_fragment, seal_lease
-from streams.handling import InputRecord, retrying
+from streams.handling import InputRecord, RepeatedFailureLog, retrying
 from streams.opstate import OperationState, OperationStore
 from streams.outbox import Outbox, SendFn
 from streams.replies import ReplyLedger
@@ -330,18 +330,26 @@ def build_app(app: faust.App, reassembler: Reassembler, stopped: asyncio.Event) 
         async for event in stream.events():
             message = event.message
             record = InputRecord(message.topic, message.partition, message.offset, message.key, message.value)
-            await retrying(
-                f"{record.topic} record at {record.partition}:{record.offset}",
-                lambda: reassembler.handle(record),
-                stop=stopped,
-            )
+            try:
+                await retrying(
+                    f"{record.topic} record at {record.partition}:{record.offset}",
+                    lambda: reassembler.handle(record),
+                    stop=stopped,
+                )
+            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
+                # The operation's deadline still ends it with a final reply.
+                log.exception("failed to handle %s[%d]@%d; skipped it", record.topic, record.partition, record.offset)
+
+    failures = RepeatedFailureLog(log, "sending the final replies of operations past their deadline")
 
     @app.timer(0.25, name="reassembler.deadlines")
     async def deadlines() -> None:
         try:
             await reassembler.expire()
-        except Exception:  # noqa: BLE001 - the timer must keep running; the next tick retries.
-            log.exception("failed to send the final replies of operations past their deadline")
+        except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next tick retries.
+            failures.failed(exc)
+        else:
+            failures.succeeded()
 
 
 async def serve(

@@ -222,8 +222,22 @@ class TopicReader:
         await self.wait_for(lambda messages: len(found(messages)) >= count, what=f"{count} {kind.__name__} {matching}")
         return found([m for _, m in self.records])
 
-    def raw_of(self, kind: type[Message]) -> list[bytes]:
-        return [raw for raw, m in self.records if isinstance(m, kind)]
+    async def read_to_end(self) -> list[Message]:
+        """Read every record written before this call; return all messages read so far."""
+        assigned = list(self._consumer.assignment())
+        ends = await self._consumer.end_offsets(assigned)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            positions = [await self._consumer.position(tp) for tp in assigned]
+            if all(position >= ends[tp] for position, tp in zip(positions, assigned)):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out reading {self.topic} to its end")
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                for record in batch:
+                    self.records.append((record.value, codec.decode(record.value)))
+        return [m for _, m in self.records]
 
 
 @contextlib.asynccontextmanager

@@ -267,3 +267,35 @@ async def test_per_operation_holders_loaded(env: Env):
             opened = aead.open_fragment(fragment_key, store.sealed_fragment, secret_id="db/ephemeral", version=1,
                                         index=index, holder_id=BACKUP_SLOT, key_version=env.dep.master_key.version)
             assert opened == stored.fragments.fragments[index - 1].to_bytes()
+
+
+async def test_unknown_app_without_topic_unanswered(env: Env, kafka_admin):
+    topics = env.dep.topics
+    request, _ = signed_request("ghost", signing.SigningKey.generate(), "db/password")
+    await env.producer.send(topics.requests, request)
+
+    async with readers(env.dep.settings.kafka_bootstrap, topics.audit) as (audit,):
+        (denied,) = await audit.wait_for_type(AuditRecord, action="request.denied", operation_id=request.operation_id)
+
+    assert denied.reason == Reason.UNKNOWN_APP
+    assert denied.outcome == "not_sent"
+    assert topics.replies("ghost") not in await kafka_admin.admin.list_topics()
+
+
+async def test_forged_copy_of_signed_request_unanswered(env: Env):
+    topics = env.dep.topics
+    request = await env.send_request("billing", "db/password")
+    async with readers(env.dep.settings.kafka_bootstrap, topics.plans) as (plans,):
+        await plans.wait_for_type(OperationPlan, operation_id=request.operation_id)
+
+    forged, _ = signed_request("billing", signing.SigningKey.generate(), "db/password",
+                               operation_id=request.operation_id)
+    await env.producer.send(topics.requests, forged)
+    async with readers(env.dep.settings.kafka_bootstrap, topics.audit, topics.replies("billing")) as (audit, replies):
+        (denied,) = await audit.wait_for_type(AuditRecord, action="request.denied", operation_id=request.operation_id)
+        # A reply would have been sent before the audit record was.
+        sent = await replies.read_to_end()
+
+    assert denied.reason == Reason.BAD_SIGNATURE
+    assert denied.outcome == "not_sent"
+    assert [m for m in sent if m.operation_id == request.operation_id] == []
