@@ -23,8 +23,10 @@ from schemas.messages import (
     StoreFragment,
 )
 from schemas.sealed import PlanContext, fragment_key_info, plan_info
-from shardbus.crypto import envelope, signing
+from shardbus.crypto import aead, envelope, signing
 from shardbus.errors import IntegrityError
+from shardbus.kafka import ensure_topics
+from shardbus.store.mapping import BACKUP_SLOT, MappingTable
 from streams import authorizer
 from streams.provisioning import provisioned_topic
 from stream_support import (
@@ -59,7 +61,11 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path, kafka_bootstrap, redis_url, topic_prefix, redis_prefix, kafka_admin) -> AsyncIterator[Env]:
+async def env(
+    request, tmp_path, kafka_bootstrap, redis_url, topic_prefix, redis_prefix, kafka_admin
+) -> AsyncIterator[Env]:
+    # A test may pass its own AuthorizerOptions by indirect parametrization.
+    options = getattr(request, "param", None) or authorizer.AuthorizerOptions()
     dep = make_deployment(
         tmp_path / "home", kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
         topic_prefix=topic_prefix, redis_prefix=redis_prefix,
@@ -72,7 +78,9 @@ async def env(tmp_path, kafka_bootstrap, redis_url, topic_prefix, redis_prefix, 
     await register_holders(redis, dep, stored)
     try:
         async with Producer(kafka_bootstrap) as producer:
-            async with running(lambda stopped: authorizer.serve(dep.settings, stopped, redis_prefix=dep.redis_prefix)):
+            async with running(lambda stopped: authorizer.serve(
+                dep.settings, stopped, options=options, redis_prefix=dep.redis_prefix,
+            )):
                 yield Env(dep, redis, producer, stored)
     finally:
         await redis.aclose()
@@ -221,23 +229,24 @@ async def test_accepted_request_audited(env: Env):
     assert {record.holder_id for record in fetched} == set(HOLDERS)
 
 
+async def _store_per_operation_secret(env: Env, name: str) -> StoredSecret:
+    stored = await store_secret(env.redis, env.dep, name, b"per-operation secret", ["x1", "x2"],
+                                threshold=2, lifecycle="per_operation")
+    mapping = MappingTable(env.redis, env.dep.master_key, env.dep.redis_prefix)
+    for fragment in stored.fragments.fragments:
+        key = env.dep.master_key.fragment_key(name, 1, fragment.index, BACKUP_SLOT)
+        blob = aead.seal_fragment(key, fragment.to_bytes(), secret_id=name, version=1,
+                                  index=fragment.index, holder_id=BACKUP_SLOT, key_version=env.dep.master_key.version)
+        await mapping.put_backup(name, 1, fragment.index, blob)
+    return stored
+
+
 async def test_per_operation_holders_loaded(env: Env):
     topics = env.dep.topics
     bootstrap = env.dep.settings.kafka_bootstrap
-    stored = await store_secret(env.redis, env.dep, "db/ephemeral", b"per-operation secret", ["x1", "x2"],
-                                threshold=2, lifecycle="per_operation")
-    from shardbus.crypto import aead
-    from shardbus.store.mapping import BACKUP_SLOT, MappingTable
-
-    mapping = MappingTable(env.redis, env.dep.master_key, env.dep.redis_prefix)
-    for fragment in stored.fragments.fragments:
-        key = env.dep.master_key.fragment_key("db/ephemeral", 1, fragment.index, BACKUP_SLOT)
-        blob = aead.seal_fragment(key, fragment.to_bytes(), secret_id="db/ephemeral", version=1,
-                                  index=fragment.index, holder_id=BACKUP_SLOT, key_version=env.dep.master_key.version)
-        await mapping.put_backup("db/ephemeral", 1, fragment.index, blob)
+    stored = await _store_per_operation_secret(env, "db/ephemeral")
     new_holders = ["p-one", "p-two"]
     holder_keys = {h: envelope.EnvelopeKeyPair.generate() for h in new_holders}
-    from shardbus.kafka import ensure_topics
     await ensure_topics(bootstrap, [topics.holder(h) for h in new_holders])
 
     request = await env.send_request("billing", "db/ephemeral")
@@ -299,3 +308,28 @@ async def test_forged_copy_of_signed_request_unanswered(env: Env):
     assert denied.reason == Reason.BAD_SIGNATURE
     assert denied.outcome == "not_sent"
     assert [m for m in sent if m.operation_id == request.operation_id] == []
+
+
+@pytest.mark.parametrize("env", [authorizer.AuthorizerOptions(provision_timeout_s=1.0)], indirect=True)
+async def test_silent_provisioner_times_out(env: Env):
+    await _store_per_operation_secret(env, "db/ephemeral")
+    request = await env.send_request("billing", "db/ephemeral")
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.FRAGMENT_MISSING
+    assert "provisioner" in reply.detail
+
+
+async def test_provisioner_error_denied(env: Env):
+    topics = env.dep.topics
+    await _store_per_operation_secret(env, "db/ephemeral")
+    request = await env.send_request("billing", "db/ephemeral")
+    async with readers(env.dep.settings.kafka_bootstrap, topics.provisioner) as (provisioner,):
+        (ask,) = await provisioner.wait_for_type(ProvisionRequest, operation_id=request.operation_id)
+
+    await env.producer.send(ask.reply_topic, ProvisionReply(request_id=ask.request_id, holders=(), error="pool empty"))
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.FRAGMENT_MISSING
+    assert "pool empty" in reply.detail
