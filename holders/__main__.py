@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
@@ -32,12 +33,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="HPKE KEM of the holder's key pair (default x25519)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit with SIGTERM when this process, the provisioner, exits")
+    parser.add_argument("--key-fd", type=int, default=None,
+                        help="file descriptor to write '<kem> <public key hex>' to once, then close; "
+                        "the provisioner reads it to tell genuine heartbeats from forged ones")
     args = parser.parse_args(argv)
     if not _HOLDER_ID.fullmatch(args.holder_id):
         parser.error(f"--holder-id {args.holder_id!r} is invalid: use 1-64 of A-Z a-z 0-9 . _ -")
     if args.heartbeat_interval <= 0:
         parser.error(f"--heartbeat-interval must be positive, got {args.heartbeat_interval}")
     return args
+
+
+def _announce_public_key(fd: int, kem: str, public_key: bytes) -> None:
+    line = f"{kem} {public_key.hex()}\n".encode("ascii")
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(line)
+    except OSError as exc:
+        # Without the key the provisioner ignores every heartbeat, and the
+        # holder is reported as failed after its ready timeout.
+        logging.getLogger("holders").error("could not write the public key to fd %d: %s", fd, exc)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -50,6 +65,8 @@ async def _run(args: argparse.Namespace) -> None:
 
     settings = Settings.from_env()
     keypair = envelope.EnvelopeKeyPair.generate(args.kem)
+    if args.key_fd is not None:
+        _announce_public_key(args.key_fd, keypair.kem, keypair.public_bytes())
     handler = CommandHandler(args.holder_id, keypair)
     service = HolderService(
         handler,

@@ -9,7 +9,7 @@ four operations.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,10 @@ class BackendStatus:
 
     ``pid`` is the process id when the backend can see it (0 when it
     cannot), which lets the provisioner match it against the holder's
-    heartbeat. ``exit_code`` is None while the holder runs.
+    heartbeat. ``exit_code`` is None while the holder runs. ``public_key``
+    is the HPKE public key the holder reported over a channel private to
+    the backend, empty until it arrives or when the backend has no such
+    channel.
     """
 
     holder_id: str
@@ -41,10 +44,17 @@ class BackendStatus:
     pid: int
     exit_code: int | None
     detail: str
+    public_key: bytes = field(default=b"", repr=False)
 
 
 class HolderBackend(abc.ABC):
     """Starts, stops and watches holders."""
+
+    #: True when the backend learns each holder's public key over a private
+    #: channel. Heartbeats travel on a shared topic that any producer can
+    #: write to, so the provisioner then trusts only a heartbeat whose key
+    #: matches the one the backend reported.
+    reports_public_key: bool = False
 
     @abc.abstractmethod
     async def start(self, spec: HolderSpec) -> BackendStatus:

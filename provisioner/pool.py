@@ -7,14 +7,15 @@ sent their first heartbeat and hold nothing, and refills itself in the
 background whenever one is taken or lost.
 
 A holder is *ready* once its first heartbeat arrives with a public key. When
-the backend reports the holder's process id, the heartbeat must carry the
-same one, and a heartbeat from any other process is ignored.
+the backend reports the holder's process id or public key, the heartbeat must
+carry the same ones, and any other heartbeat is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -178,6 +179,13 @@ class WarmPool:
             log.warning("ignored heartbeat for starting holder %s from pid %d, expected pid %d",
                         holder_id, pid, status.pid)
             return False
+        if self._backend.reports_public_key:
+            if not status.public_key:
+                return False  # The backend has not read the key yet, so the next heartbeat will do.
+            if not hmac.compare_digest(status.public_key, public_key):
+                log.warning("ignored heartbeat for starting holder %s with a public key other than "
+                            "the one the holder reported to the backend", holder_id)
+                return False
         launch.heartbeat.set_result(ReadyHolder(holder_id, public_key, kem))
         return True
 

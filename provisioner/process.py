@@ -5,6 +5,10 @@ Kafka bootstrap and the topic prefix), a private working folder (mode 0700,
 removed when the holder stops) and its output in a log file of its own. The
 holder hardens itself at start-up (see ``holders.hardening``) and exits with
 SIGTERM when the provisioner does.
+
+The holder writes its public key to a pipe that only the provisioner reads
+(``--key-fd``), so a heartbeat forged by another producer on the shared
+heartbeat topic cannot plant a key of its own.
 """
 
 from __future__ import annotations
@@ -31,12 +35,19 @@ log = logging.getLogger(__name__)
 _SOURCE_ROOT = str(Path(holders.__file__).resolve().parent.parent)
 
 
+#: Maximum line length accepted on the key pipe, in bytes. The KEM name and
+#: a hex-encoded hybrid public key (1216 bytes) fit with room to spare.
+_KEY_LINE_LIMIT = 4096
+
+
 @dataclass
 class _Process:
     spec: HolderSpec
     process: asyncio.subprocess.Process
     workdir: Path
     log_path: Path
+    public_key: bytes = b""
+    key_reader: asyncio.Task[None] | None = None
 
 
 class ProcessBackend(HolderBackend):
@@ -45,6 +56,8 @@ class ProcessBackend(HolderBackend):
     `log_dir` receives one ``<holder id>.log`` file per holder (mode 0600).
     `python` is the interpreter to run, by default the provisioner's own.
     """
+
+    reports_public_key = True
 
     def __init__(self, log_dir: Path, *, python: str = sys.executable) -> None:
         self._log_dir = Path(log_dir)
@@ -75,6 +88,9 @@ class ProcessBackend(HolderBackend):
             "--kem", spec.kem,
             "--parent-pid", str(os.getpid()),
         ]
+
+        key_read_fd, key_write_fd = os.pipe()
+        command += ["--key-fd", str(key_write_fd)]
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -88,13 +104,20 @@ class ProcessBackend(HolderBackend):
                 # from reaching the holders, so the provisioner can stop them
                 # in order. The holder's parent-death signal covers a crash.
                 start_new_session=True,
+                pass_fds=(key_write_fd,),
             )
         except OSError as exc:
+            os.close(key_read_fd)
             shutil.rmtree(workdir, ignore_errors=True)
             raise ServiceUnavailable(f"cannot start holder {spec.holder_id}: {exc}") from None
         finally:
             os.close(log_fd)
-        self._processes[spec.holder_id] = _Process(spec, process, workdir, log_path)
+            os.close(key_write_fd)
+
+        entry = _Process(spec, process, workdir, log_path)
+        entry.key_reader = asyncio.create_task(self._read_public_key(entry, key_read_fd),
+                                               name=f"key-{spec.holder_id}")
+        self._processes[spec.holder_id] = entry
         log.info("started holder %s as pid %d, log %s", spec.holder_id, process.pid, log_path)
         return self._status(self._processes[spec.holder_id])
 
@@ -103,6 +126,8 @@ class ProcessBackend(HolderBackend):
         if entry is None:
             return
         process = entry.process
+        if entry.key_reader is not None:
+            entry.key_reader.cancel()
         try:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -118,6 +143,31 @@ class ProcessBackend(HolderBackend):
         finally:
             shutil.rmtree(entry.workdir, ignore_errors=True)
         log.info("stopped holder %s (pid %d, exit code %s)", holder_id, process.pid, process.returncode)
+
+    async def _read_public_key(self, entry: _Process, read_fd: int) -> None:
+        """Read the holder's one line, "<kem> <public key in hex>", from the key pipe."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_KEY_LINE_LIMIT)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        holder_id = entry.spec.holder_id
+        try:
+            line = await reader.readline()
+        except ValueError:
+            log.warning("holder %s wrote more than %d bytes to its key pipe; ignoring it",
+                        holder_id, _KEY_LINE_LIMIT)
+            return
+        finally:
+            transport.close()
+        kem, _, key_hex = line.decode("ascii", errors="replace").strip().partition(" ")
+        try:
+            public_key = bytes.fromhex(key_hex)
+        except ValueError:
+            public_key = b""
+        if kem != entry.spec.kem or not public_key:
+            log.warning("holder %s reported no valid %s public key on its key pipe", holder_id, entry.spec.kem)
+            return
+        entry.public_key = public_key
 
     def status(self, holder_id: str) -> BackendStatus | None:
         entry = self._processes.get(holder_id)
@@ -142,4 +192,5 @@ class ProcessBackend(HolderBackend):
             pid=entry.process.pid,
             exit_code=code,
             detail=detail,
+            public_key=entry.public_key,
         )

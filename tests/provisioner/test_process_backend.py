@@ -10,7 +10,8 @@ import pytest
 
 from provisioner.backend import HolderSpec
 from provisioner.process import ProcessBackend
-from provisioner_harness import eventually, process_exists
+from provisioner_harness import Inbox, eventually, process_exists
+from schemas.holders import HolderHeartbeat
 from schemas.topics import Topics
 from shardbus.kafka import ensure_topics
 
@@ -56,6 +57,15 @@ async def test_holder_process_lifecycle(kafka_bootstrap: str, kafka_admin, topic
         log_path = log_dir / f"{HOLDER_ID}.log"
         assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
         await eventually(_contains(log_path, "is consuming"), "the holder logged that it is consuming", 30)
+
+        inbox = Inbox(kafka_bootstrap, [topics.heartbeats])
+        await inbox.start()
+        try:
+            heartbeat = await inbox.wait_for(HolderHeartbeat)
+        finally:
+            await inbox.stop()
+        await eventually(_key_reported(backend, HOLDER_ID), "the holder reported its key on the pipe", 30)
+        assert backend.status(HOLDER_ID).public_key == heartbeat.public_key
     finally:
         await backend.stop(HOLDER_ID, timeout_s=10)
 
@@ -103,4 +113,11 @@ def _contains(path: Path, text: str):
 def _not_alive(backend: ProcessBackend, holder_id: str):
     async def check() -> bool:
         return not backend.is_alive(holder_id)
+    return check
+
+
+def _key_reported(backend: ProcessBackend, holder_id: str):
+    async def check() -> bool:
+        status = backend.status(holder_id)
+        return status is not None and len(status.public_key) == 32
     return check
