@@ -163,7 +163,19 @@ class HolderRegistry:
 
     async def ids_in_state(self, state: HolderState) -> list[str]:
         """Return the ids of the holders in `state`, sorted."""
-        return sorted(_text(m) for m in await self._redis.smembers(self._state_key(state)))
+        members = sorted(_text(m) for m in await self._redis.smembers(self._state_key(state)))
+        if state not in _FINAL_STATES or not members:
+            return members
+        # Records in a final state expire after the retention time, so their
+        # set entries are removed here, when they are next listed.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for holder_id in members:
+                pipe.exists(self._holder_key(holder_id))
+            present = await pipe.execute()
+        expired = [holder_id for holder_id, found in zip(members, present) if not found]
+        if expired:
+            await self._redis.srem(self._state_key(state), *expired)
+        return [holder_id for holder_id, found in zip(members, present) if found]
 
     async def holders_of_secret(self, secret_name: str, secret_version: int = 0) -> list[HolderRecord]:
         """Return the live records assigned to a secret (every version if `secret_version` is 0)."""

@@ -136,3 +136,13 @@ async def test_alive_within_bound(redis: Redis, topic_prefix: str) -> None:
     alive = await registry.alive(["fresh", "stale", "silent", "failed", "unknown"], max_age_ms=2_000)
 
     assert alive == ["fresh"]
+
+
+async def test_expired_final_records_leave_set(redis: Redis, topic_prefix: str) -> None:
+    registry = HolderRegistry(redis, topic_prefix)
+    await registry.set_state("gone", HolderState.TORN_DOWN)
+    await registry.set_state("kept", HolderState.TORN_DOWN)
+    await redis.delete(f"{topic_prefix}:holder:gone")  # As its expiry would.
+
+    assert await registry.ids_in_state(HolderState.TORN_DOWN) == ["kept"]
+    assert await redis.smembers(f"{topic_prefix}:holders:torn_down") == {b"kept"}
