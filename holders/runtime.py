@@ -75,6 +75,7 @@ class HolderService:
         self._clock_ms = clock_ms
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._heartbeat_failures = 0
 
     def stop(self) -> None:
         """Ask the service to stop; safe to call from a signal handler."""
@@ -159,7 +160,17 @@ class HolderService:
         try:
             await self._send(self._topics.heartbeats, self.heartbeat(status))
         except KafkaError as exc:
-            log.warning("holder %s could not send a heartbeat: %s", self.holder_id, exc)
+            self._heartbeat_failures += 1
+            # A broker outage fails every heartbeat, so only the first failure
+            # and then every hundredth is logged.
+            if self._heartbeat_failures % 100 == 1:
+                log.warning("holder %s could not send a heartbeat (%d failures in a row): %s",
+                            self.holder_id, self._heartbeat_failures, exc)
+        else:
+            if self._heartbeat_failures:
+                log.info("holder %s sends heartbeats again after %d failures",
+                         self.holder_id, self._heartbeat_failures)
+            self._heartbeat_failures = 0
 
     async def _command_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
