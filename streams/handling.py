@@ -92,7 +92,7 @@ class RepeatedFailureLog:
             return
         self._logged_at = self._clock()
         self._logger.error(
-            "%s failed (%d times since the last success): %s: %s",
+            "%s failed (failure %d since the last success): %s: %s",
             self._description, self._failures, type(exc).__name__, exc, exc_info=self._failures == 1,
         )
 
