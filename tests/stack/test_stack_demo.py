@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.integration
-def test_demo_exits_zero(kafka_bootstrap, redis_url):
-    env = dict(os.environ, SHARDBUS_KAFKA_BOOTSTRAP=kafka_bootstrap, SHARDBUS_REDIS_URL=redis_url)
+def test_demo_runs_whole_scenario(kafka_bootstrap, redis_url, tmp_path):
+    env = dict(
+        os.environ,
+        SHARDBUS_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        SHARDBUS_REDIS_URL=redis_url,
+        SHARDBUS_DEMO_DIR=str(tmp_path),
+    )
 
     result = subprocess.run(
         [sys.executable, "-m", "shardbus.demo"],
@@ -22,11 +27,14 @@ def test_demo_exits_zero(kafka_bootstrap, redis_url):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("matches what was stored: True") == 3, result.stdout
+    assert "denied: not_granted" in result.stdout
+    assert "holder_torn_down" in result.stdout
 
 
 def test_demo_without_stack_says_how_to_start_it():

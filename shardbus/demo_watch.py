@@ -1,0 +1,71 @@
+"""Follow the lifecycle topic and describe each event in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import codec
+from schemas.messages import LifecycleEvent
+from schemas.topics import Topics
+from shardbus.errors import DecodeError
+
+
+class LifecycleWatcher:
+    """Collects lifecycle events published after it starts."""
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._topic = topics.lifecycle
+
+    async def __aenter__(self) -> LifecycleWatcher:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = self._consumer.partitions_for_topic(self._topic) or {0}
+        assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        self._consumer.assign(assigned)
+        await self._consumer.seek_to_end(*assigned)
+        for partition in assigned:
+            await self._consumer.position(partition)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._consumer.stop()
+
+    async def collect(self, *, until: str, count: int, timeout_s: float) -> list[str]:
+        """Return event lines until `count` events of kind `until` arrived, or the timeout."""
+        lines: list[str] = []
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        while seen < count and time.monotonic() < deadline:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        event = codec.decode(record.value)
+                    except DecodeError:
+                        continue
+                    if not isinstance(event, LifecycleEvent):
+                        continue
+                    lines.append(describe(event))
+                    if event.event == until:
+                        seen += 1
+            await asyncio.sleep(0)
+        return lines
+
+
+def describe(event: LifecycleEvent) -> str:
+    parts = [str(event.event)]
+    if event.holder_id:
+        parts.append(f"holder {event.holder_id}")
+    if event.operation_id:
+        parts.append(f"operation {event.operation_id[:8]}…")
+    if event.holders:
+        parts.append(f"holders {', '.join(event.holders)}")
+    if event.detail:
+        parts.append(f"({event.detail})")
+    return " ".join(parts)
