@@ -40,7 +40,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.base import MAX_MESSAGE_SIZE
-from shardbus.errors import ConfigError
+from shardbus.errors import ConfigError, ShardbusError
 from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,10 @@ async def run_until_stopped(
 
 
 def run_main(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `serve` until SIGINT or SIGTERM, for a service's ``__main__``."""
+    """Run `serve` until SIGINT or SIGTERM, for a service's ``__main__``.
+
+    Exits with status 1 when `serve` raises a ShardbusError.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -146,4 +149,9 @@ def run_main(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
                 loop.add_signal_handler(signum, stopped.set)
         await serve(stopped)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ShardbusError as exc:
+        # A missing key file or an unreachable broker: say so without a traceback.
+        log.error("%s; the service did not start", exc)
+        raise SystemExit(1) from None

@@ -236,7 +236,10 @@ class Authorizer:
                 record is not None
                 and record.state not in _DEAD_STATES
                 and record.public_key
-                and 0 <= now_ms - record.last_heartbeat_ms <= max_silence_ms
+                and record.last_heartbeat_ms > 0
+                # A heartbeat time slightly ahead of this clock counts as fresh,
+                # because the provisioner that records it may run on another host.
+                and now_ms - record.last_heartbeat_ms <= max_silence_ms
             )
             if not alive:
                 dead.append(placement.holder_id)
