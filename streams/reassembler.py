@@ -164,6 +164,8 @@ class Reassembler:
         for operation_id in await self._store.expired(self._now_ms()):
             async with self._lock(operation_id):
                 if await self._finish_claimed(operation_id):
+                    # The state may have expired from Redis without its deadline entry.
+                    await self._store.wipe(operation_id)
                     continue
                 if not await self._progress(operation_id, deadline_passed=True):
                     # The plan expired from Redis, so no reply can be built.
