@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,9 +35,17 @@ class LifecycleWatcher:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._consumer.stop()
 
+    async def wait_for(self, kind: str, *, count: int, timeout_s: float) -> list[LifecycleEvent]:
+        """Return the events of kind `kind`, once `count` arrived or at the timeout."""
+        return [e for e in await self.events(until=kind, count=count, timeout_s=timeout_s) if e.event == kind]
+
     async def collect(self, *, until: str, count: int, timeout_s: float) -> list[str]:
-        """Return event lines until `count` events of kind `until` arrived, or the timeout."""
-        lines: list[str] = []
+        """Return one line per event until `count` events of kind `until` arrived, or the timeout."""
+        return [describe(e) for e in await self.events(until=until, count=count, timeout_s=timeout_s)]
+
+    async def events(self, *, until: str, count: int, timeout_s: float) -> list[LifecycleEvent]:
+        """Return every event until `count` events of kind `until` arrived, or the timeout."""
+        events: list[LifecycleEvent] = []
         seen = 0
         deadline = time.monotonic() + timeout_s
         while seen < count and time.monotonic() < deadline:
@@ -51,11 +58,10 @@ class LifecycleWatcher:
                         continue
                     if not isinstance(event, LifecycleEvent):
                         continue
-                    lines.append(describe(event))
+                    events.append(event)
                     if event.event == until:
                         seen += 1
-            await asyncio.sleep(0)
-        return lines
+        return events
 
 
 def describe(event: LifecycleEvent) -> str:
