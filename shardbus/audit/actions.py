@@ -36,7 +36,7 @@ HOLDER_TORN_DOWN = "holder.torn_down"
 #: A holder went back to the warm pool.
 HOLDER_RETURNED = "holder.returned"
 
-#: Actions that answer the application: exactly one per operation.
+#: Actions that reply to the application: one per operation is expected.
 FINAL_REPLIES = frozenset({REQUEST_DENIED, LEASE_ISSUED, OPERATION_FAILED})
 
 #: Reason code of a fragment that did not match its commitment.

@@ -21,10 +21,10 @@ MAX_EVENTS = 512
 
 
 class Status(enum.StrEnum):
-    """How a timeline ended up in the output."""
+    """The state in which a timeline was flushed to the output."""
 
     COMPLETE = "complete"
-    #: Flushed because the replay holds too many open operations.
+    #: Flushed because the replay had too many open operations.
     EVICTED = "incomplete: evicted"
     #: Still open when the replay reached the end of the topics.
     OPEN_AT_END = "incomplete: open at end"
@@ -58,7 +58,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Anomaly:
-    """Something in the trail that deserves a look, with a sentence that says what."""
+    """A finding in the trail that deserves a look, with a sentence that describes it."""
 
     kind: str
     detail: str
@@ -102,7 +102,7 @@ class Timeline:
 
     def add(self, event: Event, *, app_id: str = "", secret_name: str = "", secret_version: int = 0,
             holders: tuple[str, ...] = ()) -> None:
-        """Add one event and update what the timeline knows from it."""
+        """Add one event and update the decision, replies, holders and lease state from it."""
         if not self.events and not self.events_not_kept:
             self.first_ms = event.at_ms
         self.first_ms = min(self.first_ms, event.at_ms)
