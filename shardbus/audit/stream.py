@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shardbus.errors import ServiceUnavailable
@@ -84,6 +85,7 @@ class TopicReader:
         self.missing_topics: list[str] = []
         #: Records returned so far, for progress reports.
         self.records_read = 0
+        self._client_id = client_id
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
@@ -110,16 +112,12 @@ class TopicReader:
         await self._consumer.stop()
 
     async def _plan(self) -> None:
-        # Listing every topic does not create missing ones, unlike asking
-        # for a topic by name on a broker with auto.create.topics.enable.
-        existing = await self._consumer.topics()
         partitions: list[TopicPartition] = []
-        for topic in self.topics:
-            if topic not in existing:
+        for topic, numbers in (await self._partitions()).items():
+            if numbers is None:
                 self.missing_topics.append(topic)
-                continue
-            numbers = self._consumer.partitions_for_topic(topic) or set()
-            partitions.extend(TopicPartition(topic, number) for number in sorted(numbers))
+            else:
+                partitions.extend(TopicPartition(topic, number) for number in numbers)
         if not partitions:
             return
         self._consumer.assign(partitions)
@@ -134,6 +132,23 @@ class TopicReader:
         for tp in partitions:
             self.ranges.append(PartitionRange(tp.topic, tp.partition, begins[tp], starts[tp], ends[tp]))
             self._consumer.seek(tp, starts[tp])
+
+    async def _partitions(self) -> dict[str, list[int] | None]:
+        """Return the partition numbers of each topic, or None for a topic that does not exist."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self._client_id}-admin")
+        await admin.start()
+        try:
+            # Listing every topic does not create missing ones, unlike asking
+            # for a topic by name on a broker with auto.create.topics.enable.
+            existing = set(await admin.list_topics())
+            found = [topic for topic in self.topics if topic in existing]
+            described = {item["topic"]: item for item in await admin.describe_topics(found)} if found else {}
+        finally:
+            await admin.close()
+        return {
+            topic: sorted(p["partition"] for p in described[topic]["partitions"]) if topic in described else None
+            for topic in self.topics
+        }
 
     async def records(self) -> AsyncIterator[TopicRecord]:
         """Yield every record of the planned ranges, merged by timestamp."""

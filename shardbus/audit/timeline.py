@@ -171,6 +171,8 @@ class Timeline:
         def flag(kind: str, detail: str, holder_id: str = "") -> None:
             found.append(Anomaly(kind, detail, self.operation_id, self.app_id, holder_id, self.last_ms))
 
+        if not self.decision:
+            flag("no_request_record", "the request's accept or deny record was not read; it may predate --since")
         if not self.replies:
             flag("no_final_reply", "the application got no final reply in the records read")
         elif len(self.replies) > 1:
