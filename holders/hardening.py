@@ -13,8 +13,9 @@ processes and off the disk:
   cannot ptrace or signal more privileged services such as the authorizer;
 - memory locked (``mlockall``) where permitted, so key pages are not swapped out;
 - a modest RLIMIT_NOFILE;
-- a parent-death signal, so a holder does not outlive the provisioner that
-  started it.
+- a parent-death signal, only when started with ``--parent-pid``. The
+  process backend does not ask for one, so that pooled holders outlive a
+  provisioner crash and the restarted provisioner adopts them.
 
 Each step is independent: one that the kernel or the container refuses is
 logged at INFO and the others still apply. Linux only; on another system the

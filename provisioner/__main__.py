@@ -3,7 +3,9 @@
 Kafka, Redis, the topic prefix and the deployment folder come from the
 environment (see ``shardbus.config``). Holder logs go to ``--log-dir``, by
 default ``$SHARDBUS_HOME/logs/holders``. SIGTERM or SIGINT stops the
-provisioner after it has torn down every holder it started.
+provisioner. The holders that are ready keep running, and the next
+provisioner for the prefix adopts them; ``--on-stop teardown`` (or
+SHARDBUS_HOLDERS_ON_STOP=teardown) tears every holder down instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +21,9 @@ from pathlib import Path
 from provisioner.config import ProvisionerConfig
 
 _DEFAULTS = ProvisionerConfig()
+
+#: Environment variable with the default of --on-stop.
+ON_STOP_ENV = "SHARDBUS_HOLDERS_ON_STOP"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,9 +43,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default {_DEFAULTS.ready_timeout_s:g})")
     parser.add_argument("--kem", default=_DEFAULTS.kem, choices=["x25519", "mlkem768-x25519"],
                         help=f"HPKE KEM of the holders' key pairs (default {_DEFAULTS.kem})")
+    parser.add_argument("--orphan-timeout", type=float, default=_DEFAULTS.orphan_timeout_s, metavar="SECONDS",
+                        help="seconds after which a per-operation holder whose operation never completed is "
+                        f"torn down (default {_DEFAULTS.orphan_timeout_s:g})")
+    parser.add_argument("--on-stop", choices=["keep", "teardown"], default=os.environ.get(ON_STOP_ENV, "keep"),
+                        help="what happens to the ready holders when the provisioner stops: keep them running "
+                        f"for the next provisioner to adopt, or tear them down (default from {ON_STOP_ENV}, "
+                        "else keep)")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="folder for holder log files (default $SHARDBUS_HOME/logs/holders)")
     args = parser.parse_args(argv)
+    if args.on_stop not in ("keep", "teardown"):
+        parser.error(f"{ON_STOP_ENV}={args.on_stop!r} is invalid: use keep or teardown")
     try:
         args.config = ProvisionerConfig(
             pool_size=args.pool_size,
@@ -48,6 +63,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             heartbeat_timeout_s=args.heartbeat_timeout,
             ready_timeout_s=args.ready_timeout,
             kem=args.kem,
+            orphan_timeout_s=args.orphan_timeout,
+            teardown_on_stop=args.on_stop == "teardown",
         )
     except ValueError as exc:
         parser.error(str(exc))

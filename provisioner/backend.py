@@ -3,7 +3,8 @@
 The provisioner decides when a holder starts and stops; a backend decides
 how. The default backend runs each holder as an OS process
 (``provisioner.process``); a microVM or Kubernetes backend implements the same
-four operations.
+four operations, and may implement `adopt` so that its holders outlive a
+provisioner restart.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class HolderBackend(abc.ABC):
     #: matches the one the backend reported.
     reports_public_key: bool = False
 
+    #: True when the backend can take over holders that an earlier
+    #: provisioner started (see `adopt`).
+    can_adopt: bool = False
+
     @abc.abstractmethod
     async def start(self, spec: HolderSpec) -> BackendStatus:
         """Start a holder and return its status as soon as it is launched.
@@ -73,6 +78,15 @@ class HolderBackend(abc.ABC):
         `timeout_s`, then forces it. Stopping a holder that has exited, or
         one the backend does not know, is not an error.
         """
+
+    def adopt(self, holder_id: str, pid: int, public_key: bytes, kem: str) -> BackendStatus | None:
+        """Take over a running holder that an earlier provisioner started.
+
+        Returns its status, or None when the holder no longer runs or the
+        backend cannot adopt holders. `public_key` is the key the registry
+        recorded for the holder.
+        """
+        return None
 
     @abc.abstractmethod
     def status(self, holder_id: str) -> BackendStatus | None:

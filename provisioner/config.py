@@ -26,13 +26,21 @@ class ProvisionerConfig:
     ready_timeout_s: float = 30.0
     stop_timeout_s: float = 5.0
     kem: str = "x25519"
+    #: A per-operation holder still running this long after it was handed out
+    #: is torn down, because its operation_completed event was missed.
+    orphan_timeout_s: float = 120.0
+    #: Tear down every holder, pooled ones included, when the service stops.
+    #: By default the ready holders keep running for the next provisioner to
+    #: adopt, so a restart loses no pooled fragment.
+    teardown_on_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be 0 or more, got {self.pool_size}")
         if self.max_holders < max(1, self.pool_size):
             raise ValueError(f"max_holders must be at least 1 and at least pool_size, got {self.max_holders}")
-        for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "ready_timeout_s", "stop_timeout_s"):
+        for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "ready_timeout_s", "stop_timeout_s",
+                     "orphan_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:

@@ -123,10 +123,11 @@ class WarmPool:
             self._refill_task = asyncio.create_task(self._refill_loop(), name="pool-refill")
             self._refill_wanted.set()
 
-    async def close(self) -> list[str]:
-        """Stop refilling and return the ids of every holder the pool still has.
+    async def close(self) -> tuple[list[str], list[str]]:
+        """Stop refilling; return the ids of the ready holders and of those still starting.
 
-        The caller tears those holders down.
+        The caller keeps or tears down the ready holders, and tears down the
+        starting ones, which a later provisioner could not trust.
         """
         tasks = list(self._watchers)
         if self._refill_task is not None:
@@ -135,14 +136,21 @@ class WarmPool:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        leftover = [holder.holder_id for holder in self._ready] + list(self._launches)
+        ready = [holder.holder_id for holder in self._ready]
+        starting = list(self._launches)
         for launch in self._launches.values():
             if not launch.settled.done():
                 launch.settled.set_exception(ServiceUnavailable("the provisioner is shutting down"))
                 launch.settled.exception()  # Mark it retrieved, so asyncio does not log it.
         self._ready.clear()
         self._launches.clear()
-        return leftover
+        return ready, starting
+
+    async def adopt(self, holder: ReadyHolder) -> None:
+        """Put a ready, empty holder that an earlier provisioner started into the pool."""
+        async with self._changed:
+            self._ready.append(holder)
+            self._changed.notify_all()
 
     def request_refill(self) -> None:
         """Ask the background task to bring the pool back to its target."""

@@ -16,8 +16,16 @@ It consumes three topics:
   tears down the holders it names, whose fragments were destroyed.
 
 A watcher marks a holder failed, with a ``holder_failed`` event, when its
-process exits or its heartbeats stop. Stopping the service tears down every
-holder it started, pooled ones included.
+process exits or its heartbeats stop, and tears down a per-operation holder
+that outlived ``orphan_timeout_s`` (its ``operation_completed`` event was
+missed, for example while no provisioner ran).
+
+Holders outlive the provisioner. On start it adopts the holders of an
+earlier provisioner that still run (``provisioner.adoption``), so a crash or
+a restart loses no pooled fragment. Stopping the service leaves the ready
+holders running for the next provisioner to adopt, and tears down only
+those still starting. With ``teardown_on_stop`` it tears down every holder,
+pooled ones included, which suits a throwaway deployment.
 
 Partitions are assigned directly, from the end, so no consumer group is
 involved: one provisioner owns its holder processes, and a request sent
@@ -42,6 +50,7 @@ from provisioner.backend import HolderBackend, HolderSpec
 from provisioner.config import HOLDER_TOPIC_CONFIG, ProvisionerConfig
 from provisioner.pool import WarmPool, new_holder_id
 from provisioner.registry import HolderRecord, HolderRegistry, HolderState
+from provisioner.supervision import FailureHook, HolderSupervisor
 from schemas import codec
 from schemas.audit import DeadLetter
 from schemas.base import Message
@@ -57,24 +66,20 @@ from schemas.holders import (
 )
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import delete_topics, ensure_topics
+from shardbus.kafka import ensure_topics
 from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
-
-FailureHook = Callable[[HolderRecord], Awaitable[None]]
-
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def _no_replacement(record: HolderRecord) -> None:
-    # TODO: start a replacement holder and restore its fragment from the
-    # backup store. Restoring needs the master key, which the provisioner
-    # does not have, so pass a hook that asks a component holding it.
-    log.warning("holder %s failed and no replacement is configured (secret %r v%d, index %d)",
-                record.holder_id, record.secret_name, record.secret_version, record.fragment_index)
+async def _no_action(record: HolderRecord) -> None:
+    # The replacement is not made here: restoring a fragment needs the master
+    # key, so the repair agent in the authorizer acts on the holder_failed
+    # event (see provisioner.repair).
+    return None
 
 
 class Provisioner:
@@ -90,7 +95,7 @@ class Provisioner:
         *,
         clock_ms: Callable[[], int] = _now_ms,
         make_holder_id: Callable[[], str] = new_holder_id,
-        on_holder_failed: FailureHook = _no_replacement,
+        on_holder_failed: FailureHook = _no_action,
     ) -> None:
         self._bootstrap = bootstrap
         self.topics = topics
@@ -98,16 +103,17 @@ class Provisioner:
         self.config = config
         self.registry = HolderRegistry(redis, topics.prefix, clock_ms=clock_ms)
         self._clock_ms = clock_ms
-        self._on_holder_failed = on_holder_failed
+        self.supervisor = HolderSupervisor(
+            bootstrap=bootstrap, topics=topics, backend=backend, registry=self.registry, config=config,
+            emit=self._emit, spawn=self._spawn, on_holder_failed=on_holder_failed, clock_ms=clock_ms,
+        )
         self.pool = WarmPool(
             backend, self.registry, self._spec_for, self._create_holder_topics, self.fail_holder,
             target=config.pool_size, ready_timeout_s=config.ready_timeout_s, make_holder_id=make_holder_id,
         )
+        self.supervisor.pool = self.pool
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._keys: dict[str, bytes] = {}
-        self._last_seen: dict[str, float] = {}
-        self._failed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         #: Set once the consumer has its position, so a request sent now is seen.
@@ -128,7 +134,7 @@ class Provisioner:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Serve until stopped, then tear down every holder."""
+        """Adopt the holders still running, serve until stopped, then stop the pool."""
         consumed = [self.topics.provisioner, self.topics.heartbeats, self.topics.lifecycle]
         await ensure_topics(self._bootstrap, consumed + [self.topics.deadletter])
         self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner", acks="all")
@@ -139,8 +145,9 @@ class Provisioner:
             await self._consumer.start()
             try:
                 await self._assign_from_end(consumed)
+                await self.supervisor.adopt()
                 self.pool.start()
-                self._spawn(self._watch_loop(), "watch-holders")
+                self._spawn(self.supervisor.watch(), "watch-holders")
                 self.ready.set()
                 self._spawn(self._announce_ready(), "announce-ready")
                 log.info("provisioner serving prefix %s with a pool of %d", self.topics.prefix, self.pool.target)
@@ -195,10 +202,12 @@ class Provisioner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.pool.close()
-        holder_ids = self.backend.holder_ids()
-        await asyncio.gather(*(self.teardown(h, "the provisioner is stopping") for h in holder_ids))
-        log.info("provisioner stopped after tearing down %d holders", len(holder_ids))
+        _, starting = await self.pool.close()
+        doomed = self.backend.holder_ids() if self.config.teardown_on_stop else starting
+        await asyncio.gather(*(self.teardown(h, "the provisioner is stopping") for h in doomed))
+        left = len(self.backend.holder_ids())
+        log.info("provisioner stopped: tore down %d holders, left %d running for the next provisioner to adopt",
+                 len(doomed), left)
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
@@ -228,33 +237,12 @@ class Provisioner:
             if isinstance(message, ProvisionRequest):
                 self._spawn(self.provision(message), f"provision-{message.request_id}")
             elif isinstance(message, HolderHeartbeat):
-                await self._on_heartbeat(message)
+                await self.supervisor.on_heartbeat(message)
             elif isinstance(message, LifecycleEvent):
                 await self._on_lifecycle(message)
         except RedisError as exc:
             log.error("could not handle %s from %s[%d]@%d, Redis failed: %s", message.type_name,
                       record.topic, record.partition, record.offset, exc)
-
-    async def _on_heartbeat(self, heartbeat: HolderHeartbeat) -> None:
-        holder_id = heartbeat.holder_id
-        status = self.backend.status(holder_id)
-        if status is None or holder_id in self._failed:
-            return  # Not a holder of this provisioner, or one already given up.
-        if status.pid and status.pid != heartbeat.pid:
-            log.warning("ignored heartbeat for holder %s from pid %d, expected pid %d",
-                        holder_id, heartbeat.pid, status.pid)
-            return
-        pinned = self._keys.get(holder_id)
-        if pinned is None:
-            if not self.pool.on_heartbeat(holder_id, heartbeat.public_key, heartbeat.kem, heartbeat.pid):
-                return
-            self._keys[holder_id] = heartbeat.public_key
-        elif pinned != heartbeat.public_key:
-            log.warning("ignored heartbeat for holder %s with a public key other than its first", holder_id)
-            return
-        self._last_seen[holder_id] = time.monotonic()
-        loaded = [(f.secret_name, f.secret_version, f.fragment_index) for f in heartbeat.loaded]
-        await self.registry.record_heartbeat(holder_id, self._clock_ms(), loaded)
 
     async def _on_lifecycle(self, event: LifecycleEvent) -> None:
         named = set(event.holders) | ({event.holder_id} if event.holder_id else set())
@@ -295,6 +283,7 @@ class Provisioner:
         per_operation = request.lifecycle is HolderLifecycle.PER_OPERATION
         state = HolderState.PER_OPERATION if per_operation else HolderState.ASSIGNED
         for holder in taken:
+            self.supervisor.handed_out(holder.holder_id, per_operation=per_operation)
             await self.registry.set_state(
                 holder.holder_id, state,
                 lifecycle=request.lifecycle.value, operation_id=request.operation_id,
@@ -328,62 +317,11 @@ class Provisioner:
 
     async def teardown(self, holder_id: str, detail: str) -> None:
         """Stop a holder, delete its topic, record it torn down and announce it."""
-        await self.backend.stop(holder_id, self.config.stop_timeout_s)
-        await self._delete_topic(holder_id)
-        self._forget(holder_id)
-        record = await self.registry.get(holder_id)
-        if record is not None and record.state in (HolderState.FAILED, HolderState.TORN_DOWN):
-            return
-        await self.registry.set_state(holder_id, HolderState.TORN_DOWN, detail=detail)
-        record = await self.registry.get(holder_id) or HolderRecord(holder_id, HolderState.TORN_DOWN)
-        await self._emit(EventKind.HOLDER_TORN_DOWN, record, detail=detail)
-        log.info("tore down holder %s: %s", holder_id, detail)
+        await self.supervisor.teardown(holder_id, detail)
 
     async def fail_holder(self, holder_id: str, reason: str) -> None:
-        """Record a holder as failed, stop what is left of it and call the failure hook.
-
-        Calling it again for the same holder does nothing.
-        """
-        if holder_id in self._failed:
-            return
-        if self.pool.is_starting(holder_id):
-            # The pool's watcher gives the launch up and calls back.
-            self.pool.discard(holder_id, reason)
-            return
-        self._failed.add(holder_id)
-        self.pool.discard(holder_id, reason)
-        log.warning("holder %s failed: %s", holder_id, reason)
-        await self.backend.stop(holder_id, self.config.stop_timeout_s)
-        await self._delete_topic(holder_id)
-        self._forget(holder_id)
-        await self.registry.set_state(holder_id, HolderState.FAILED, detail=reason[:2048])
-        record = await self.registry.get(holder_id) or HolderRecord(holder_id, HolderState.FAILED)
-        await self._emit(EventKind.HOLDER_FAILED, record, detail=reason)
-        self.pool.request_refill()
-        await self._on_holder_failed(record)
-
-    def _forget(self, holder_id: str) -> None:
-        self._keys.pop(holder_id, None)
-        self._last_seen.pop(holder_id, None)
-
-    async def _delete_topic(self, holder_id: str) -> None:
-        try:
-            await delete_topics(self._bootstrap, [self.topics.holder(holder_id)])
-        except KafkaError as exc:
-            log.warning("could not delete the topic of holder %s: %s", holder_id, exc)
-
-    async def _watch_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-            now = time.monotonic()
-            for holder_id in self.backend.holder_ids():
-                status = self.backend.status(holder_id)
-                if status is not None and not status.alive:
-                    await self.fail_holder(holder_id, f"holder process exited ({status.detail})")
-                    continue
-                seen = self._last_seen.get(holder_id)
-                if seen is not None and now - seen > self.config.heartbeat_timeout_s:
-                    await self.fail_holder(holder_id, f"no heartbeat for {now - seen:.1f} s")
+        """Record a holder as failed and stop it; calling it again for the same holder does nothing."""
+        await self.supervisor.fail_holder(holder_id, reason)
 
     # -- outgoing records -----------------------------------------------------------
 

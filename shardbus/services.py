@@ -33,6 +33,10 @@ class ServiceGroup:
     env: dict[str, str]
     log_dir: Path
     ready_timeout_s: float = 90.0
+    #: The provisioner's SHARDBUS_HOLDERS_ON_STOP when `env` does not set it.
+    #: The demo, the tests and the benchmarks run throwaway deployments, so
+    #: their holders are torn down when the provisioner stops.
+    holders_on_stop: str = "teardown"
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, names: list[str] | None = None) -> None:
@@ -48,6 +52,7 @@ class ServiceGroup:
         ready_file.unlink(missing_ok=True)
         env = dict(self.env)
         env[READY_FILE_ENV] = str(ready_file)
+        env.setdefault("SHARDBUS_HOLDERS_ON_STOP", self.holders_on_stop)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
             [sys.executable, *SERVICES[name]],

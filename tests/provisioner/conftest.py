@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from provisioner.process import ProcessBackend
-from provisioner.config import ProvisionerConfig
-from provisioner.service import Provisioner
-from provisioner_harness import Inbox, RunningProvisioner
+from provisioner_harness import TEST_CONFIG, RunningProvisioner, start_provisioner
 from schemas.topics import Topics
 
-TEST_CONFIG = ProvisionerConfig(
-    pool_size=2,
-    max_holders=8,
-    heartbeat_interval_s=0.5,
-    heartbeat_timeout_s=5.0,
-    ready_timeout_s=30.0,
-    stop_timeout_s=5.0,
-)
 
 
 @pytest.fixture
@@ -42,22 +30,11 @@ async def redis(redis_url: str, topic_prefix: str) -> AsyncIterator[Redis]:
 async def provisioner(kafka_bootstrap: str, kafka_admin, redis: Redis, topic_prefix: str,
                       tmp_path: Path) -> AsyncIterator[RunningProvisioner]:
     """A provisioner serving this test's prefix, ready and with a full pool."""
-    topics = Topics(topic_prefix)
-    log_dir = tmp_path / "holder-logs"
-    service = Provisioner(kafka_bootstrap, topics, ProcessBackend(log_dir), redis, TEST_CONFIG)
-    task = asyncio.create_task(service.run())
-    running = RunningProvisioner(service, task, topics, Inbox(kafka_bootstrap, [topics.lifecycle, topics.deadletter]),
-                                 log_dir)
+    running = await start_provisioner(kafka_bootstrap, redis, Topics(topic_prefix), tmp_path / "holder-logs",
+                                      TEST_CONFIG)
     try:
-        ready = asyncio.create_task(service.ready.wait())
-        await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # Raises the provisioner's own error.
-        assert service.ready.is_set(), "the provisioner did not become ready within 60 s"
-        await running.inbox.start()
-        await service.pool.wait_filled(60)
         yield running
     finally:
-        if not task.done():
+        if not running.task.done():
             await running.stop()
         await running.inbox.stop()

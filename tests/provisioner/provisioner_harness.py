@@ -10,13 +10,28 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import codec
+from redis.asyncio import Redis
+
+from provisioner.config import ProvisionerConfig
+from provisioner.process import ProcessBackend
 from provisioner.service import Provisioner
+from schemas import codec
 from schemas.base import Message
 from schemas.topics import Topics
 
 #: Maximum wait for any one event, generous for a loaded CI machine.
 EVENT_TIMEOUT_S = 45.0
+
+#: Fast heartbeats and short timeouts, so failures show up within seconds.
+TEST_CONFIG = ProvisionerConfig(
+    pool_size=2,
+    max_holders=8,
+    heartbeat_interval_s=0.5,
+    heartbeat_timeout_s=5.0,
+    ready_timeout_s=30.0,
+    stop_timeout_s=5.0,
+    teardown_on_stop=True,
+)
 
 MessageT = TypeVar("MessageT", bound=Message)
 
@@ -106,3 +121,25 @@ class RunningProvisioner:
         """Stop the provisioner and wait until it has torn down its holders."""
         self.service.stop()
         await asyncio.wait_for(self.task, 60)
+
+
+async def start_provisioner(bootstrap: str, redis: Redis, topics: Topics, log_dir: Path,
+                            config: ProvisionerConfig) -> RunningProvisioner:
+    """Start a provisioner as a task and return it once it is ready with a full pool."""
+    service = Provisioner(bootstrap, topics, ProcessBackend(log_dir), redis, config)
+    task = asyncio.create_task(service.run())
+    running = RunningProvisioner(service, task, topics, Inbox(bootstrap, [topics.lifecycle, topics.deadletter]),
+                                 log_dir)
+    try:
+        ready = asyncio.create_task(service.ready.wait())
+        await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # Raises the provisioner's own error.
+        assert service.ready.is_set(), "the provisioner did not become ready within 60 s"
+        await running.inbox.start()
+        await service.pool.wait_filled(60)
+    except BaseException:
+        if not task.done():
+            await running.stop()
+        raise
+    return running
