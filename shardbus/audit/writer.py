@@ -57,6 +57,12 @@ DEFAULT_TIMEOUT_S = 10.0
 
 _TRUNCATED = " [truncated]"
 
+_ENTRY_DEFAULTS: Mapping[str, Any] = {
+    "operation_id": "", "app_id": "", "secret_name": "", "secret_version": 0,
+    "holder_id": "", "outcome": "", "reason": "", "detail": "",
+}
+_ENTRY_NAMES = frozenset({"action", *_ENTRY_DEFAULTS})
+
 
 class AuditUnavailable(ServiceUnavailable):
     """The audit record could not be written, so the action it describes must not happen.
@@ -191,65 +197,68 @@ class AuditLog:
         ``detail`` is free text cut to 2048 characters. It must never
         contain secret material.
         """
-        if not isinstance(detail, str):
-            raise TypeError(f"detail must be a str, got {type(detail).__name__}; never pass secret bytes")
-        if len(detail) > MAX_TEXT_LENGTH:
-            detail = detail[: MAX_TEXT_LENGTH - len(_TRUNCATED)] + _TRUNCATED
-        fields = dict(
+        entry = dict(
             action=action, operation_id=operation_id, app_id=app_id, secret_name=secret_name,
             secret_version=secret_version, holder_id=holder_id, outcome=outcome, reason=reason, detail=detail,
         )
+        [signed] = await self.record_many([entry])
+        return signed
+
+    async def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[AuditRecord]:
+        """Append several records in order and wait for all their acknowledgements together.
+
+        Each entry contains keyword arguments of ``record()``, including
+        ``action``. The rules of ``record()`` apply to the whole batch: every
+        record is checked before any is sent, and AuditUnavailable means that
+        none of the actions may be performed.
+        """
+        batch = [_entry_fields(dict(entry)) for entry in entries]
+        if not batch:
+            return []
         async with self._lock:
             if self._closed:
                 raise RuntimeError("AuditLog.record() called after close()")
             if self._producer is None:
                 await self._connect()
             producer = self._producer
-            signed = self._next_record(fields)
-            value = codec.encode(signed)
+            head = self._head
+            signed, values = [], []
+            for fields in batch:
+                record = self._next_record(fields, head)
+                value = codec.encode(record)
+                signed.append(record)
+                values.append(value)
+                head = ChainHead(record.sequence + 1, chain.record_hash(value), -1)
+            futures = []
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    future = await producer.send(
-                        self.topic, value, key=Topics.partition_key(signed),
-                        partition=self.partition, timestamp_ms=signed.at_ms,
-                    )
+                    for record, value in zip(signed, values):
+                        futures.append(await producer.send(
+                            self.topic, value, key=Topics.partition_key(record),
+                            partition=self.partition, timestamp_ms=record.at_ms,
+                        ))
             except (KafkaError, TimeoutError) as exc:
                 await self._discard(producer)
-                raise self._unavailable(f"record {signed.sequence} ({action}) could not be queued", exc) from None
-            # The head moves before the acknowledgement so that concurrent
-            # calls pipeline. If this send fails, _discard() drops the head
-            # and the next call reads it again from Kafka.
-            self._head = ChainHead(signed.sequence + 1, chain.record_hash(value), -1)
+                raise self._unavailable(f"{_describe_batch(signed)} could not be queued", exc) from None
+            # The head moves before the acknowledgements so that concurrent
+            # calls pipeline. If a send fails, _discard() drops the head and
+            # the next call reads it again from Kafka.
+            self._head = head
         try:
             async with asyncio.timeout(self.timeout_s):
-                await asyncio.shield(future)
+                await asyncio.shield(asyncio.gather(*futures))
         except (KafkaError, TimeoutError) as exc:
             async with self._lock:
                 await self._discard(producer)
-            raise self._unavailable(f"record {signed.sequence} ({action}) was not acknowledged", exc) from None
+            raise self._unavailable(f"{_describe_batch(signed)}: no acknowledgement", exc) from None
         return signed
 
-    async def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[AuditRecord]:
-        """Append several records in order and wait for all acknowledgements together.
-
-        Each entry contains the keyword arguments of ``record()``, including
-        ``action``. Raises AuditUnavailable when any of them failed, in which
-        case none of the actions may be performed.
-        """
-        calls = [self.record(**dict(entry)) for entry in entries]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return list(results)
-
-    def _next_record(self, fields: dict[str, Any]) -> AuditRecord:
-        assert self._head is not None  # _connect() set it
+    def _next_record(self, fields: dict[str, Any], head: ChainHead) -> AuditRecord:
         record = AuditRecord(
             at_ms=int(self._clock() * 1000),
             actor=self.actor,
-            sequence=self._head.next_sequence,
-            prev_hash=self._head.prev_hash,
+            sequence=head.next_sequence,
+            prev_hash=head.prev_hash,
             signature=b"",
             **fields,
         )
@@ -314,10 +323,10 @@ class AuditLog:
         # on reconnect comes after them.
         await _stop_quietly(producer, self.timeout_s)
 
-    def _unavailable(self, what: str, exc: BaseException) -> AuditUnavailable:
-        log.error("audit log %s:%d: %s: %s", self.topic, self.partition, what, _describe(exc))
+    def _unavailable(self, failure: str, exc: BaseException) -> AuditUnavailable:
+        log.error("audit log %s:%d: %s: %s", self.topic, self.partition, failure, _describe(exc))
         return AuditUnavailable(
-            f"audit log {self.topic}:{self.partition}: {what} within {self.timeout_s:g} s "
+            f"audit log {self.topic}:{self.partition}: {failure} within {self.timeout_s:g} s "
             f"({_describe(exc)}); do not perform the action, and retry once Kafka at {self.bootstrap} responds"
         )
 
@@ -334,6 +343,26 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float) -> None:
             await producer.stop()
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("stopping the audit producer failed: %s", _describe(exc))
+
+
+def _entry_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    """Check one entry's names and its detail, cutting a long detail; the record checks the rest."""
+    unknown = set(entry) - _ENTRY_NAMES
+    if unknown or "action" not in entry:
+        raise TypeError(f"an audit entry needs 'action' and only the names {sorted(_ENTRY_NAMES)}, got {sorted(entry)}")
+    detail = entry.get("detail", "")
+    if not isinstance(detail, str):
+        raise TypeError(f"detail must be a str, got {type(detail).__name__}; never pass secret bytes")
+    if len(detail) > MAX_TEXT_LENGTH:
+        entry["detail"] = detail[: MAX_TEXT_LENGTH - len(_TRUNCATED)] + _TRUNCATED
+    return {**_ENTRY_DEFAULTS, **entry}
+
+
+def _describe_batch(records: list[AuditRecord]) -> str:
+    first = records[0]
+    if len(records) == 1:
+        return f"record {first.sequence} ({first.action})"
+    return f"records {first.sequence}..{records[-1].sequence}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,6 +41,7 @@ def test_signed_bytes_cover_partition_and_not_signature():
     data = signed_bytes(record, 5)
     assert data.startswith(SIGNATURE_CONTEXT + (5).to_bytes(4, "big"))
     assert data == signed_bytes(dataclasses.replace(record, signature=b""), 5)
+    assert data[len(SIGNATURE_CONTEXT) + 4 :] == codec.encode(dataclasses.replace(record, signature=b""))
     assert data != signed_bytes(record, 6)
 
 

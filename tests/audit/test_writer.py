@@ -159,7 +159,12 @@ async def test_bytes_detail_is_rejected(kafka_bootstrap, topic_prefix, kafka_adm
             await audit.record("lease.issued", detail=b"\x01\x02")
         with pytest.raises(ValueError):
             await audit.record("Not An Action")
+        with pytest.raises(ValueError):
+            await audit.record_many([dict(action="fetch.sent"), dict(action="fetch.sent", holder_id="bad id")])
+        with pytest.raises(TypeError, match="needs 'action'"):
+            await audit.record_many([dict(holder_id="h1")])
         assert audit.next_sequence == 0
+    assert await read_partition(kafka_bootstrap, Topics(topic_prefix).audit, ROLE_PARTITIONS["authorizer"]) == []
 
 
 def test_unknown_role_needs_partition():
