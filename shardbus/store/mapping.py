@@ -15,10 +15,16 @@ Redis layout, for a deployment prefix ``P``::
 Backup copies are sealed for the holder slot named ``backup`` (see
 BACKUP_SLOT), so they open only with a fragment key derived for that slot,
 which the authorizer sends sealed to the one holder it loads them into.
+
+A placement whose fragment was restored from the backup store records that
+slot as its ``key_slot``. Records are written in format 1 unless a placement
+has a key slot, which format 2 adds, so a record without restored fragments
+stays readable by code that knows only format 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -26,22 +32,36 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from shardbus.crypto import aead
 from shardbus.crypto.keys import MasterKey
 from shardbus.errors import DecodeError
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+#: The formats `_open_tagged` reads.
+READABLE_VERSIONS = (1, 2)
 BACKUP_SLOT = "backup"
 LIFECYCLES = ("pooled", "per_operation")
 
 
 @dataclass(frozen=True)
 class Placement:
-    """One fragment's home: its index and the holder that has it."""
+    """One fragment's home: its index, the holder that has it, and its key slot.
+
+    ``key_slot`` is the holder id the fragment key was derived for, "" for
+    the holder's own id. It is BACKUP_SLOT for a fragment restored from the
+    backup store onto a replacement holder.
+    """
 
     index: int
     holder_id: str
+    key_slot: str = ""
+
+    @property
+    def fragment_key_slot(self) -> str:
+        """Return the holder id to derive this fragment's key for."""
+        return self.key_slot or self.holder_id
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,33 @@ class MappingTable:
                 records.append(self._open_tagged(tag, blob))
         return sorted(records, key=lambda r: r.name)
 
+    async def replace_placement(self, name: str, version: int, failed_holder_id: str, replacement: Placement) -> bool:
+        """Move the fragment that `failed_holder_id` had to `replacement`, atomically.
+
+        Returns False, changing nothing, when the record or the version is
+        gone or no longer places fragment ``replacement.index`` on
+        `failed_holder_id` (a rotation or an earlier repair got there
+        first). A concurrent change of the record makes it read the record
+        again and retry.
+        """
+        key = self._record_key(name)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    blob = await pipe.get(key)
+                    record = None if blob is None else self._open(name, blob)
+                    updated = _with_placement(record, version, failed_holder_id, replacement)
+                    if updated is None:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.set(key, self._seal(updated))
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
     async def put_backup(self, name: str, version: int, index: int, sealed_fragment: bytes) -> None:
         await self._redis.set(self._backup_key(name, version, index), sealed_fragment)
 
@@ -145,8 +192,9 @@ class MappingTable:
             await self._redis.delete(*keys)
 
     def _seal(self, record: SecretRecord) -> bytes:
+        key_slots = any(p.key_slot for v in record.versions.values() for p in v.placements)
         document = {
-            "v": RECORD_VERSION,
+            "v": RECORD_VERSION if key_slots else 1,
             "name": record.name,
             "current": record.current,
             "versions": [_version_to_doc(v) for v in record.versions.values()],
@@ -164,9 +212,12 @@ class MappingTable:
         plaintext = aead.open_(self._key, blob, self._aad(tag))
         try:
             document = msgpack.unpackb(plaintext, raw=False, strict_map_key=False)
+            if document["v"] not in READABLE_VERSIONS:
+                raise DecodeError(
+                    f"mapping record format {document['v']} is not supported; this code reads formats "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}, so upgrade it"
+                )
             versions = [_version_from_doc(v) for v in document["versions"]]
-            if document["v"] != RECORD_VERSION:
-                raise DecodeError(f"mapping record format {document['v']} is not supported")
             return SecretRecord(
                 name=document["name"],
                 current=document["current"],
@@ -188,7 +239,7 @@ def _version_to_doc(record: VersionRecord) -> dict[str, Any]:
         "lifecycle": record.lifecycle,
         "key_version": record.key_version,
         "created_ms": record.created_ms,
-        "placements": [[p.index, p.holder_id] for p in record.placements],
+        "placements": [_placement_to_doc(p) for p in record.placements],
         "commitments": [[i, c] for i, c in sorted(record.commitments.items())],
         "digest": record.digest,
     }
@@ -202,7 +253,36 @@ def _version_from_doc(doc: dict[str, Any]) -> VersionRecord:
         lifecycle=doc["lifecycle"],
         key_version=doc["key_version"],
         created_ms=doc["created_ms"],
-        placements=tuple(Placement(index=i, holder_id=h) for i, h in doc["placements"]),
+        placements=tuple(_placement_from_doc(p) for p in doc["placements"]),
         commitments={i: c for i, c in doc["commitments"]},
         digest=doc["digest"],
     )
+
+
+def _placement_to_doc(placement: Placement) -> list[Any]:
+    if placement.key_slot:
+        return [placement.index, placement.holder_id, placement.key_slot]
+    return [placement.index, placement.holder_id]
+
+
+def _placement_from_doc(doc: list[Any]) -> Placement:
+    # Format 1 has [index, holder id]; format 2 adds the key slot when there is one.
+    if len(doc) == 3:
+        return Placement(index=doc[0], holder_id=doc[1], key_slot=doc[2])
+    index, holder_id = doc
+    return Placement(index=index, holder_id=holder_id)
+
+
+def _with_placement(
+    record: SecretRecord | None, version: int, failed_holder_id: str, replacement: Placement
+) -> SecretRecord | None:
+    """Return `record` with the placement moved, or None when it does not name the failed holder."""
+    if record is None or version not in record.versions:
+        return None
+    current = record.versions[version]
+    if not any(p.index == replacement.index and p.holder_id == failed_holder_id for p in current.placements):
+        return None
+    placements = tuple(replacement if p.index == replacement.index else p for p in current.placements)
+    versions = dict(record.versions)
+    versions[version] = dataclasses.replace(current, placements=placements)
+    return dataclasses.replace(record, versions=versions)
