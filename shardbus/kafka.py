@@ -1,17 +1,49 @@
-"""Small Kafka helpers shared by the services: topic creation and deletion."""
+"""Small Kafka helpers shared by the services: client settings, topic creation and deletion."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.helpers import create_ssl_context
 
-from shardbus.errors import ServiceUnavailable
+from shardbus.config import KafkaTls, Settings
+from shardbus.errors import ConfigError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def client_options(settings: Settings | KafkaTls | None = None) -> dict[str, Any]:
+    """Return the security settings of every Kafka client of this process.
+
+    Pass them to AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient or
+    kafka-python's KafkaAdminClient as keyword arguments. `settings` may be
+    the process's Settings, a KafkaTls, or None to read the
+    SHARDBUS_KAFKA_TLS_* variables from the environment. Without TLS
+    settings the result selects plaintext, the development default.
+
+    Raises ConfigError when a TLS file cannot be read.
+    """
+    tls = settings.kafka_tls if isinstance(settings, Settings) else settings
+    if settings is None:
+        tls = KafkaTls.from_env()
+    if tls is None:
+        return {"security_protocol": "PLAINTEXT"}
+    try:
+        # create_ssl_context starts from ssl.create_default_context, which
+        # checks the broker's certificate and host name.
+        context = create_ssl_context(cafile=str(tls.ca), certfile=str(tls.certificate), keyfile=str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the Kafka TLS files (CA {tls.ca}, certificate {tls.certificate}, key {tls.key}): {exc}; "
+            "check SHARDBUS_KAFKA_TLS_CA, SHARDBUS_KAFKA_TLS_CERT and SHARDBUS_KAFKA_TLS_KEY"
+        ) from None
+    return {"security_protocol": "SSL", "ssl_context": context}
 
 
 async def ensure_topics(
@@ -24,7 +56,7 @@ async def ensure_topics(
 ) -> None:
     """Create each topic that does not exist yet, and wait until it has a leader."""
     names = list(names)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     try:
         await admin.start()
     except KafkaError as exc:
@@ -65,7 +97,7 @@ async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
     names = list(names)
     if not names:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
