@@ -23,6 +23,13 @@ environment:
   SHARDBUS_KAFKA_START_TIMEOUT  seconds to wait for Kafka (default 60, cluster 120)
   SHARDBUS_REDIS_START_TIMEOUT  seconds to wait for Redis (default 10)
   SHARDBUS_STACK_STOP_TIMEOUT   seconds between SIGTERM and SIGKILL on down (default 30)
+
+with --tls (mutual TLS, Kafka ACLs, Redis ACL users on a Unix socket):
+  SHARDBUS_TLS_STACK_DIR        state folder (default ~/.local/state/shardbus/stack-tls)
+  SHARDBUS_TLS_KAFKA_PORT       broker port (default 19592)
+  SHARDBUS_TLS_KAFKA_CONTROLLER_PORT  controller port (default 19593)
+  SHARDBUS_TLS_DIR              the CA and certificates (default $SHARDBUS_TLS_STACK_DIR/tls);
+                                point it at a deployment's tls folder to share its CA
 """
 
 
@@ -44,14 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         help="use the 3-node Kafka cluster instead of the single node "
         "(with down: stop only the cluster)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="use the TLS stack (its own folder and ports) instead of the plaintext one",
+    )
     args = parser.parse_args(argv)
 
     try:
-        config = load_config()
+        if args.tls and args.cluster:
+            raise StackError("--tls and --cluster cannot be combined: the TLS stack has a single node")
+        config = load_config(tls=args.tls)
         if args.command == "up":
             exports = up(config, cluster=args.cluster)
             _print_exports(exports)
-            log_to_stderr("stop it with: scripts/stack down" + (" --cluster" if args.cluster else ""))
+            flag = ""
+            if args.cluster:
+                flag = " --cluster"
+            elif args.tls:
+                flag = " --tls"
+            log_to_stderr("stop it with: scripts/stack down" + flag)
         elif args.command == "down":
             down(config, cluster_only=args.cluster)
         elif args.command == "status":

@@ -3,6 +3,11 @@
 Every port, folder and timeout can be changed with an environment variable,
 so a second stack (a test's, or a colleague's on a shared host) can run beside
 the first one without touching it.
+
+The TLS stack (`load_config(tls=True)`) is a single node with its own state
+folder and ports, so it runs beside the plaintext stack. Its Kafka requires
+mutual TLS and ACLs on both of its listeners, and its Redis has ACL users
+and listens on a Unix socket only.
 """
 
 from __future__ import annotations
@@ -43,6 +48,29 @@ class KafkaNode:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The folders of the TLS stack's certificates and Redis socket."""
+
+    #: The TLS folder (see shardbus.certs.folder): the CA, the broker's and
+    #: the admin's identities, and those `shardbus certs` issues later.
+    tls_dir: Path
+    redis_dir: Path
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.redis_dir / "redis.sock"
+
+    @property
+    def redis_password_file(self) -> Path:
+        """The Redis admin user's password (mode 0600)."""
+        return self.redis_dir / "admin.password"
+
+    @property
+    def redis_acl_file(self) -> Path:
+        return self.redis_dir / "users.acl"
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Folders, ports and timeouts of one stack."""
 
@@ -56,6 +84,8 @@ class StackConfig:
     cluster_timeout: float
     redis_timeout: float
     stop_timeout: float
+    #: Set for the TLS stack, None for the plaintext one.
+    tls: TlsSettings | None = None
 
     @property
     def kafka_dir(self) -> Path:
@@ -86,30 +116,73 @@ class StackConfig:
 
     @property
     def redis_url(self) -> str:
+        if self.tls is not None:
+            return admin_redis_url(self.tls)
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def exports(self, cluster: bool) -> dict[str, str]:
-        """Return the variables that tests and services read to find the stack."""
-        return {
+        """Return the variables that tests and services read to find the stack.
+
+        The TLS stack's variables name the operator's admin identity, a
+        super user of Kafka and Redis, which `shardbus certs` needs to
+        create the ACLs of every other party.
+        """
+        exports = {
             "SHARDBUS_KAFKA_BOOTSTRAP": self.bootstrap(cluster),
             "SHARDBUS_REDIS_URL": self.redis_url,
         }
+        if self.tls is not None:
+            exports.update({
+                "SHARDBUS_TLS_DIR": str(self.tls.tls_dir),
+                "SHARDBUS_KAFKA_TLS_CA": str(self.tls.tls_dir / "ca.pem"),
+                "SHARDBUS_KAFKA_TLS_CERT": str(self.tls.tls_dir / "admin.pem"),
+                "SHARDBUS_KAFKA_TLS_KEY": str(self.tls.tls_dir / "admin.key"),
+                "SHARDBUS_REDIS_ADMIN_URL": self.redis_url,
+            })
+        return exports
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> StackConfig:
+def admin_redis_url(tls: TlsSettings) -> str:
+    """Return the URL of the TLS stack's Redis admin user, with the password from its file.
+
+    Raises StackError when the file does not exist yet, before the first `up --tls`.
+    """
+    try:
+        password = tls.redis_password_file.read_text().strip()
+    except FileNotFoundError:
+        raise StackError(
+            f"{tls.redis_password_file} does not exist yet; run 'scripts/stack up --tls' first"
+        ) from None
+    return f"unix://admin:{password}@{tls.redis_socket}?db=0"
+
+
+def load_config(environ: Mapping[str, str] | None = None, *, tls: bool = False) -> StackConfig:
     """Read the stack settings from `environ` (the process environment by default).
 
-    Raises StackError naming the variable when a value is not valid.
+    With `tls`, return the settings of the TLS stack, which reads
+    SHARDBUS_TLS_STACK_DIR, SHARDBUS_TLS_KAFKA_PORT,
+    SHARDBUS_TLS_KAFKA_CONTROLLER_PORT and SHARDBUS_TLS_DIR in place of the
+    plaintext stack's folder and ports. Raises StackError naming the
+    variable when a value is not valid.
     """
     env = os.environ if environ is None else environ
     home = Path(env.get("HOME") or Path.home())
 
-    state_dir = Path(env.get("SHARDBUS_STACK_DIR") or home / ".local/state/shardbus/stack")
+    if tls:
+        state_dir = Path(env.get("SHARDBUS_TLS_STACK_DIR") or home / ".local/state/shardbus/stack-tls")
+        kafka_port = _port(env, "SHARDBUS_TLS_KAFKA_PORT", 19592)
+        controller_port = _port(env, "SHARDBUS_TLS_KAFKA_CONTROLLER_PORT", 19593)
+    else:
+        state_dir = Path(env.get("SHARDBUS_STACK_DIR") or home / ".local/state/shardbus/stack")
+        kafka_port = _port(env, "SHARDBUS_KAFKA_PORT", 19092)
+        controller_port = _port(env, "SHARDBUS_KAFKA_CONTROLLER_PORT", 19093)
+    state_dir = state_dir.expanduser().absolute()
     cache_root = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
-
-    kafka_port = _port(env, "SHARDBUS_KAFKA_PORT", 19092)
-    controller_port = _port(env, "SHARDBUS_KAFKA_CONTROLLER_PORT", 19093)
     single = KafkaNode("kafka", "single", 1, kafka_port, controller_port, SINGLE_HEAP)
+    tls_settings = None
+    if tls:
+        tls_dir = Path(env.get("SHARDBUS_TLS_DIR") or state_dir / "tls").expanduser().absolute()
+        tls_settings = TlsSettings(tls_dir=tls_dir, redis_dir=state_dir / "redis")
 
     cluster_ports = _port_list(env, "SHARDBUS_KAFKA_CLUSTER_PORTS", (19192, 19292, 19392))
     cluster = tuple(
@@ -119,17 +192,19 @@ def load_config(environ: Mapping[str, str] | None = None) -> StackConfig:
 
     kafka_timeout = _seconds(env, "SHARDBUS_KAFKA_START_TIMEOUT", 60.0)
     config = StackConfig(
-        state_dir=state_dir.expanduser().absolute(),
+        state_dir=state_dir,
         cache_dir=(cache_root.expanduser() / "shardbus").absolute(),
         kafka_version=env.get("SHARDBUS_KAFKA_VERSION") or DEFAULT_KAFKA_VERSION,
         single=single,
         cluster=cluster,
-        redis_port=_port(env, "SHARDBUS_REDIS_PORT", 16379),
+        # The TLS stack's Redis listens on a Unix socket only (port 0).
+        redis_port=0 if tls else _port(env, "SHARDBUS_REDIS_PORT", 16379),
         kafka_timeout=kafka_timeout,
         # Three JVMs that start at once compete for the CPU, so the cluster waits longer.
         cluster_timeout=_seconds(env, "SHARDBUS_KAFKA_START_TIMEOUT", 120.0),
         redis_timeout=_seconds(env, "SHARDBUS_REDIS_START_TIMEOUT", 10.0),
         stop_timeout=_seconds(env, "SHARDBUS_STACK_STOP_TIMEOUT", 30.0),
+        tls=tls_settings,
     )
     _check_distinct_ports(config)
     return config
@@ -137,6 +212,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> StackConfig:
 
 def port_variable(config: StackConfig, port: int) -> str:
     """Return the environment variable that sets `port`, for error messages."""
+    if config.tls is not None:
+        if port == config.single.broker_port:
+            return "SHARDBUS_TLS_KAFKA_PORT"
+        if port == config.single.controller_port:
+            return "SHARDBUS_TLS_KAFKA_CONTROLLER_PORT"
     if port == config.single.broker_port:
         return "SHARDBUS_KAFKA_PORT"
     if port == config.single.controller_port:
@@ -192,10 +272,11 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 def _check_distinct_ports(config: StackConfig) -> None:
     owners: dict[int, str] = {}
     named = [
-        (config.single.broker_port, "SHARDBUS_KAFKA_PORT"),
-        (config.single.controller_port, "SHARDBUS_KAFKA_CONTROLLER_PORT"),
-        (config.redis_port, "SHARDBUS_REDIS_PORT"),
+        (config.single.broker_port, port_variable(config, config.single.broker_port)),
+        (config.single.controller_port, port_variable(config, config.single.controller_port)),
     ]
+    if config.redis_port:
+        named.append((config.redis_port, "SHARDBUS_REDIS_PORT"))
     for node in config.cluster:
         named.append((node.broker_port, "SHARDBUS_KAFKA_CLUSTER_PORTS"))
         named.append((node.controller_port, "SHARDBUS_KAFKA_CLUSTER_PORTS (port + 1)"))

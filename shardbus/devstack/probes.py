@@ -10,8 +10,10 @@ once it has caught up with the metadata log. The Redis check sends PING.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 # Metadata v4 (added in Kafka 1.0) is accepted by every Kafka 4.x broker, and
 # it predates the flexible (tagged-field) encoding of v9, so its request and
@@ -35,10 +37,14 @@ class KafkaMetadata:
     controller_id: int
 
 
-def kafka_metadata(host: str, port: int, timeout: float = 2.0) -> KafkaMetadata:
+def kafka_metadata(
+    host: str, port: int, timeout: float = 2.0, ssl_context: ssl.SSLContext | None = None
+) -> KafkaMetadata:
     """Send a Metadata request for no topics and return the brokers it lists.
 
-    Raises OSError when the connection fails and ProbeError when the response
+    With `ssl_context` the request goes over TLS, and the context's client
+    certificate authenticates the probe. Raises OSError (ssl.SSLError
+    included) when the connection fails and ProbeError when the response
     cannot be read.
     """
     correlation_id = 7
@@ -47,7 +53,7 @@ def kafka_metadata(host: str, port: int, timeout: float = 2.0) -> KafkaMetadata:
     body = struct.pack(">ib", 0, 0)
     request = header + _CLIENT_ID + body
 
-    with socket.create_connection((host, port), timeout=timeout) as connection:
+    with _connect(host, port, timeout, ssl_context) as connection:
         connection.sendall(struct.pack(">i", len(request)) + request)
         (size,) = struct.unpack(">i", _read_exactly(connection, 4))
         if not 0 < size <= _MAX_RESPONSE:
@@ -76,16 +82,43 @@ def redis_ping(host: str, port: int, timeout: float = 2.0) -> str:
     file replies with a LOADING error. Raises OSError when the connection fails.
     """
     with socket.create_connection((host, port), timeout=timeout) as connection:
-        connection.sendall(b"*1\r\n$4\r\nPING\r\n")
-        reply = b""
-        while not reply.endswith(b"\r\n"):
-            chunk = connection.recv(256)
-            if not chunk:
-                raise ProbeError("Redis closed the connection before replying to PING")
-            reply += chunk
-            if len(reply) > 4096:
-                raise ProbeError("Redis reply to PING is too long")
+        return _redis_command(connection, b"PING")
+
+
+def redis_ping_unix(path: Path, user: str, password: str, timeout: float = 2.0) -> str:
+    """Log in as `user` over a Unix socket, send PING and return the reply as `redis_ping` does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
+        connection.connect(str(path))
+        reply = _redis_command(connection, b"AUTH", user.encode(), password.encode())
+        if reply != "OK":
+            return f"AUTH failed: {reply}"
+        return _redis_command(connection, b"PING")
+
+
+def _redis_command(connection: socket.socket, *words: bytes) -> str:
+    request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+    connection.sendall(request)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = connection.recv(256)
+        if not chunk:
+            raise ProbeError(f"Redis closed the connection before replying to {words[0].decode()}")
+        reply += chunk
+        if len(reply) > 4096:
+            raise ProbeError(f"Redis reply to {words[0].decode()} is too long")
     return reply.decode(errors="replace").strip().lstrip("+-")
+
+
+def _connect(host: str, port: int, timeout: float, ssl_context: ssl.SSLContext | None) -> socket.socket:
+    connection = socket.create_connection((host, port), timeout=timeout)
+    if ssl_context is None:
+        return connection
+    try:
+        return ssl_context.wrap_socket(connection, server_hostname=host)
+    except BaseException:
+        connection.close()
+        raise
 
 
 def _read_exactly(connection: socket.socket, count: int) -> bytes:

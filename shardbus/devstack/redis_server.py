@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
+from shardbus.devstack import tls
 from shardbus.devstack.config import StackConfig
 from shardbus.devstack.errors import StackError
 
@@ -33,6 +34,9 @@ def pid_file(config: StackConfig) -> Path:
 
 
 def markers(config: StackConfig) -> tuple[str, ...]:
+    if config.tls is not None:
+        # Without a TCP port Redis names its socket in the rewritten command line.
+        return ("redis-server", str(config.tls.redis_socket))
     # Redis rewrites its command line to "redis-server 127.0.0.1:PORT" once it
     # listens, so the markers are the program name and the bare port, which
     # the command line contains both before and after that rewrite.
@@ -41,7 +45,7 @@ def markers(config: StackConfig) -> tuple[str, ...]:
 
 def server_command(config: StackConfig, redis_server: str) -> list[str]:
     """Return the argv of a foreground Redis that keeps an append-only file in the state folder."""
-    return [
+    command = [
         redis_server,
         "--bind",
         "127.0.0.1",
@@ -60,3 +64,6 @@ def server_command(config: StackConfig, redis_server: str) -> list[str]:
         "--logfile",
         "",
     ]
+    if config.tls is not None:
+        command += tls.redis_arguments(config)
+    return command

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from shardbus.devstack import kafka, processes, redis_server
+from shardbus.devstack import kafka, processes, redis_server, tls
 from shardbus.devstack.config import KafkaNode, StackConfig, port_variable
 from shardbus.devstack.errors import StackError
 from shardbus.devstack.fetch import check_java, kafka_libs
-from shardbus.devstack.probes import ProbeError, kafka_metadata, redis_ping
+from shardbus.devstack.probes import ProbeError, kafka_metadata, redis_ping, redis_ping_unix
 
 Log = Callable[[str], None]
 _POLL_INTERVAL = 0.25
@@ -42,10 +42,17 @@ class Service:
     log_file: Path
     markers: tuple[str, ...]
     node: KafkaNode | None = None
+    #: The Unix socket of a service without a TCP port (the TLS stack's Redis).
+    socket: Path | None = None
 
     @property
     def port(self) -> int:
-        return self.ports[0]
+        return self.ports[0] if self.ports else 0
+
+    @property
+    def address(self) -> str:
+        """Where clients connect, for messages: 127.0.0.1:PORT or the socket path."""
+        return f"127.0.0.1:{self.port}" if self.ports else str(self.socket)
 
 
 def kafka_service(config: StackConfig, node: KafkaNode) -> Service:
@@ -62,10 +69,11 @@ def kafka_service(config: StackConfig, node: KafkaNode) -> Service:
 def redis_service(config: StackConfig) -> Service:
     return Service(
         name=redis_server.NAME,
-        ports=(config.redis_port,),
+        ports=(config.redis_port,) if config.redis_port else (),
         pid_file=redis_server.pid_file(config),
         log_file=redis_server.log_file(config),
         markers=redis_server.markers(config),
+        socket=config.tls.redis_socket if config.tls is not None else None,
     )
 
 
@@ -79,6 +87,8 @@ def up(
 
     Returns the environment variables that point clients at the stack.
     """
+    if config.tls is not None and cluster:
+        raise StackError("the TLS stack has a single node; run 'up --tls' without --cluster")
     began = time.monotonic()
     nodes = config.nodes(cluster)
     kafka_services = [kafka_service(config, node) for node in nodes]
@@ -94,6 +104,8 @@ def up(
         redis_binary = redis_server.find_redis_server(environ) if redis in missing else ""
         _check_ports_free(config, missing)
 
+        if config.tls is not None and missing:
+            tls.prepare(config)
         libs = Path()
         if kafka_missing:
             libs = kafka_libs(config, environ, log)
@@ -104,18 +116,18 @@ def up(
         launched: list[_Launched] = []
         try:
             if redis in missing:
-                log(f"starting redis on 127.0.0.1:{redis.port} (log: {redis.log_file})")
+                log(f"starting redis on {redis.address} (log: {redis.log_file})")
                 command = redis_server.server_command(config, redis_binary)
                 launched.append(_launch(redis, command, config.redis_dir))
             for service in kafka_missing:
-                log(f"starting {service.name} on 127.0.0.1:{service.port} (log: {service.log_file})")
+                log(f"starting {service.name} on {service.address} (log: {service.log_file})")
                 command = kafka.broker_command(config, service.node, java, libs)
                 launched.append(_launch(service, command, kafka.node_dir(config, service.node)))
 
-            _wait_ready([redis], launched, _redis_check, config.redis_timeout)
+            _wait_ready([redis], launched, _redis_check(config), config.redis_timeout)
             expected_ids = frozenset(node.node_id for node in nodes)
             kafka_timeout = config.cluster_timeout if cluster else config.kafka_timeout
-            _wait_ready(kafka_services, launched, _kafka_check(expected_ids), kafka_timeout)
+            _wait_ready(kafka_services, launched, _kafka_check(config, expected_ids), kafka_timeout)
         except BaseException:
             # Leave the stack as it was before this run, so the next `up` starts clean.
             processes.stop([item.record for item in launched if item.record], config.stop_timeout)
@@ -185,17 +197,17 @@ def status(config: StackConfig, cluster: bool = False, out=sys.stdout) -> bool:
         else:
             pid = str(record.pid)
             if service.node is None:
-                check = _redis_check
+                check = _redis_check(config)
             elif service in selected:
-                check = _kafka_check(expected_ids)
+                check = _kafka_check(config, expected_ids)
             else:
-                check = _kafka_check(frozenset({service.node.node_id}))
+                check = _kafka_check(config, frozenset({service.node.node_id}))
             ready, detail = check(service)
             state = "ready" if ready else f"not answering ({detail})"
         if service in selected and state != "ready":
             all_ready = False
         print(
-            f"{service.name:<16} pid {pid:<8} 127.0.0.1:{service.port:<6} {state}  log: {service.log_file}",
+            f"{service.name:<16} pid {pid:<8} {service.address:<16} {state}  log: {service.log_file}",
             file=out,
         )
     return all_ready
@@ -234,18 +246,26 @@ def _check_ports_free(config: StackConfig, services: list[Service]) -> None:
         raise StackError("\n".join(problems))
 
 
-def _redis_check(service: Service) -> tuple[bool, str]:
-    try:
-        reply = redis_ping("127.0.0.1", service.port, timeout=1.0)
-    except (OSError, ProbeError) as error:
-        return False, str(error) or type(error).__name__
-    return reply == "PONG", f"PING returned {reply!r}"
-
-
-def _kafka_check(expected_ids: frozenset[int]) -> Callable[[Service], tuple[bool, str]]:
+def _redis_check(config: StackConfig) -> Callable[[Service], tuple[bool, str]]:
     def check(service: Service) -> tuple[bool, str]:
         try:
-            metadata = kafka_metadata("127.0.0.1", service.port, timeout=2.0)
+            if service.socket is not None:
+                password = tls.redis_admin_password(config)
+                reply = redis_ping_unix(service.socket, tls.ADMIN, password, timeout=1.0)
+            else:
+                reply = redis_ping("127.0.0.1", service.port, timeout=1.0)
+        except (OSError, ProbeError) as error:
+            return False, str(error) or type(error).__name__
+        return reply == "PONG", f"PING returned {reply!r}"
+
+    return check
+
+
+def _kafka_check(config: StackConfig, expected_ids: frozenset[int]) -> Callable[[Service], tuple[bool, str]]:
+    def check(service: Service) -> tuple[bool, str]:
+        try:
+            context = tls.client_context(config) if config.tls is not None else None
+            metadata = kafka_metadata("127.0.0.1", service.port, timeout=2.0, ssl_context=context)
         except (OSError, ProbeError) as error:
             return False, str(error) or type(error).__name__
         if not expected_ids <= metadata.broker_ids:
@@ -273,7 +293,7 @@ def _wait_ready(
             if item is not None and item.process.poll() is not None:
                 raise StackError(
                     f"{service.name} exited with status {item.process.returncode} during start-up "
-                    f"(port {service.port}). Last lines of {service.log_file}:\n"
+                    f"({service.address}). Last lines of {service.log_file}:\n"
                     f"{processes.tail(service.log_file, 30, item.log_offset)}"
                 )
             ready, details[service.name] = check(service)
@@ -288,7 +308,7 @@ def _wait_ready(
     service = pending[0]
     offset = ours[service.name].log_offset if service.name in ours else 0
     raise StackError(
-        f"{service.name} timed out: no ready response on 127.0.0.1:{service.port} within {timeout:.0f} s "
+        f"{service.name} timed out: no ready response on {service.address} within {timeout:.0f} s "
         f"(last check: {details.get(service.name)}). Last lines of {service.log_file}:\n"
         f"{processes.tail(service.log_file, 30, offset)}"
     )

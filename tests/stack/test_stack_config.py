@@ -126,3 +126,62 @@ def test_java_major_version(tmp_path, banner, major):
     fake_java.chmod(0o755)
 
     assert java_major_version(str(fake_java)) == major
+
+
+def test_tls_stack_has_own_folder_and_ports(tmp_path):
+    config = load_config({"HOME": str(tmp_path)}, tls=True)
+
+    assert config.state_dir == tmp_path / ".local/state/shardbus/stack-tls"
+    assert (config.single.broker_port, config.single.controller_port) == (19592, 19593)
+    assert config.redis_port == 0
+    assert config.tls.tls_dir == config.state_dir / "tls"
+    assert config.tls.redis_socket == config.state_dir / "redis" / "redis.sock"
+
+
+def test_tls_node_properties(tmp_path):
+    config = load_config({"HOME": str(tmp_path), "SHARDBUS_TLS_DIR": str(tmp_path / "certs")}, tls=True)
+
+    properties = parse_properties(kafka.render_properties(config, config.single, cluster=False))
+
+    assert properties["listeners"] == "BROKER://127.0.0.1:19592,CONTROLLER://127.0.0.1:19593"
+    assert properties["listener.security.protocol.map"] == "CONTROLLER:SSL,BROKER:SSL"
+    assert properties["ssl.client.auth"] == "required"
+    assert properties["ssl.keystore.type"] == "PEM"
+    assert properties["ssl.truststore.location"] == str(tmp_path / "certs" / "ca.pem")
+    assert properties["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert properties["allow.everyone.if.no.acl.found"] == "false"
+    assert properties["super.users"] == "User:broker;User:admin"
+    assert properties["ssl.principal.mapping.rules"] == "RULE:^CN=([^,]+).*$/$1/,DEFAULT"
+    assert properties["auto.create.topics.enable"] == "false"
+
+
+def test_tls_redis_listens_on_socket_only(tmp_path):
+    from shardbus.devstack import redis_server
+
+    config = load_config({"HOME": str(tmp_path)}, tls=True)
+
+    command = redis_server.server_command(config, "redis-server")
+
+    assert command[command.index("--port") + 1] == "0"
+    assert command[command.index("--unixsocket") + 1] == str(config.tls.redis_socket)
+    assert command[command.index("--unixsocketperm") + 1] == "700"
+    assert "--aclfile" in command
+
+
+def test_tls_exports_name_admin_identity(tmp_path):
+    config = load_config({"HOME": str(tmp_path)}, tls=True)
+    config.tls.redis_dir.mkdir(parents=True)
+    config.tls.redis_password_file.write_text("pw\n")
+
+    exports = config.exports(cluster=False)
+
+    assert exports["SHARDBUS_KAFKA_BOOTSTRAP"] == "127.0.0.1:19592"
+    assert exports["SHARDBUS_KAFKA_TLS_CERT"] == str(config.tls.tls_dir / "admin.pem")
+    assert exports["SHARDBUS_REDIS_ADMIN_URL"] == f"unix://admin:pw@{config.tls.redis_socket}?db=0"
+
+
+def test_tls_exports_before_first_up_say_what_to_run(tmp_path):
+    config = load_config({"HOME": str(tmp_path)}, tls=True)
+
+    with pytest.raises(StackError, match="up --tls"):
+        config.exports(cluster=False)
