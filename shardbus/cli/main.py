@@ -14,7 +14,7 @@ from shardbus.errors import ShardbusError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shardbus.cli import audit_commands, deployment_commands, run_command, secret_commands
+    from shardbus.cli import audit_commands, certs_commands, deployment_commands, run_command, secret_commands
 
     parser = argparse.ArgumentParser(
         prog="shardbus",
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_commands.register(commands)
     run_command.register(commands)
     audit_commands.register(commands)
+    certs_commands.register(commands)
 
     dev = commands.add_parser("dev", help="start or stop the local Kafka and Redis (same as scripts/stack)")
     dev.add_argument("args", nargs=argparse.REMAINDER, help="up | down | status | env [--cluster]")
