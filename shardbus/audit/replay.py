@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas import codec
 from schemas.audit import AuditRecord
@@ -319,10 +319,14 @@ async def replay_topics(
     *,
     since_ms: int | None = None,
     on_progress: Callable[[TopicReader], None] | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Read the replayer's topics to their current end and feed it; return the topics that do not exist."""
     topics = [replayer.audit_topic] + ([replayer.lifecycle_topic] if replayer.lifecycle_topic else [])
-    async with TopicReader(bootstrap, topics, since_ms=since_ms, client_id="shardbus-audit-replay") as reader:
+    reader = TopicReader(
+        bootstrap, topics, since_ms=since_ms, client_id="shardbus-audit-replay", kafka_options=kafka_options,
+    )
+    async with reader:
         async for item in reader.records():
             replayer.feed(item)
             if on_progress is not None:

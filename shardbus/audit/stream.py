@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shardbus.errors import ServiceUnavailable
+from shardbus.kafka import client_options
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class TopicReader:
         batch_size: int = 500,
         client_id: str = "shardbus-audit-reader",
         stall_timeout_s: float = STALL_TIMEOUT_S,
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("topics must name at least one topic")
@@ -86,12 +89,15 @@ class TopicReader:
         #: Records returned so far, for progress reports.
         self.records_read = 0
         self._client_id = client_id
+        # Security settings from shardbus.kafka.client_options; None reads the environment.
+        self._kafka_options = dict(client_options() if kafka_options is None else kafka_options)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self._kafka_options,
         )
 
     @property
@@ -135,7 +141,9 @@ class TopicReader:
 
     async def _partitions(self) -> dict[str, list[int] | None]:
         """Return the partition numbers of each topic, or None for a topic that does not exist."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self._client_id}-admin")
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id=f"{self._client_id}-admin", **self._kafka_options,
+        )
         await admin.start()
         try:
             # Listing every topic does not create missing ones, unlike asking

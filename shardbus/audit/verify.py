@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas import codec
 from schemas.audit import AuditRecord
@@ -246,17 +247,22 @@ async def verify_topic(
     on_break: Callable[[ChainBreak], None] | None = None,
     on_progress: Callable[[TopicReader], None] | None = None,
     max_kept_breaks: int = 10_000,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Read `topic` to its current end and check every partition's chain.
 
     Reading starts at the beginning, or at `since_ms` (then each chain is
     anchored at its first record read). `on_break` is called for each break
-    as it is found, and `on_progress` after each record.
+    as it is found, and `on_progress` after each record. `kafka_options` are
+    passed to TopicReader.
     """
     verifier = ChainVerifier(verify_key, anchored=since_ms is not None)
     kept_breaks: list[ChainBreak] = []
     dropped = 0
-    async with TopicReader(bootstrap, [topic], since_ms=since_ms, client_id="shardbus-audit-verify") as reader:
+    reader = TopicReader(
+        bootstrap, [topic], since_ms=since_ms, client_id="shardbus-audit-verify", kafka_options=kafka_options,
+    )
+    async with reader:
         if reader.missing_topics:
             raise ConfigError(f"audit topic {topic!r} does not exist; check SHARDBUS_TOPIC_PREFIX")
         async for item in reader.records():

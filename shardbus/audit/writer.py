@@ -42,6 +42,7 @@ from shardbus.audit.topic import ChainHead, ensure_audit_topic, read_chain_head
 from shardbus.config import Settings
 from shardbus.crypto.signing import SigningKey
 from shardbus.errors import ConfigError, ServiceUnavailable
+from shardbus.kafka import client_options
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,14 @@ class AuditLog:
         partition: int | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """Describe the writer; nothing connects before ``start()`` or the first ``record()``.
+
+        `kafka_options` are the security settings of every Kafka client,
+        from ``shardbus.kafka.client_options``; None reads them from the
+        environment.
+        """
         if not isinstance(signing_key, SigningKey):
             raise TypeError(f"signing_key must be a SigningKey, got {type(signing_key).__name__}")
         if partition is None:
@@ -120,6 +128,7 @@ class AuditLog:
         self.timeout_s = timeout_s
         self._key = signing_key
         self._clock = clock
+        self._kafka_options = dict(client_options() if kafka_options is None else kafka_options)
         self._lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._head: ChainHead | None = None
@@ -145,6 +154,7 @@ class AuditLog:
             if not text.isdigit() or int(text) > chain.MAX_PARTITION:
                 raise ConfigError(f"{PARTITION_ENV}={text!r} is invalid: use a partition number from 0")
             options["partition"] = int(text)
+        options.setdefault("kafka_options", client_options(settings))
         key = chain.load_signing_key(settings.home / "audit.key")
         return cls(settings.kafka_bootstrap, Topics(settings.topic_prefix), key, role=role, **options)
 
@@ -273,6 +283,7 @@ class AuditLog:
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self.timeout_s * 1000),
+            **self._kafka_options,
         )
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -292,7 +303,9 @@ class AuditLog:
         )
 
     async def _ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.actor}-audit-admin")
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id=f"{self.actor}-audit-admin", **self._kafka_options,
+        )
         await admin.start()
         try:
             await ensure_audit_topic(admin, self.topic, self.partition + 1)
@@ -306,6 +319,7 @@ class AuditLog:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self._kafka_options,
         )
         await consumer.start()
         try:

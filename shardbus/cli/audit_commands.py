@@ -23,6 +23,7 @@ from shardbus.audit.replay import MAX_OPEN, Replayer, ReplayFilter, replay_topic
 from shardbus.audit.verify import ChainBreak, verify_topic
 from shardbus.config import Settings
 from shardbus.crypto.signing import VerifyKey
+from shardbus.kafka import client_options
 
 _RELATIVE = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -128,7 +129,10 @@ async def _replay(args: argparse.Namespace) -> int:
     )
     progress = _progress(args, "replayed")
     try:
-        missing = await replay_topics(settings.kafka_bootstrap, replayer, since_ms=since_ms, on_progress=progress)
+        missing = await replay_topics(
+            settings.kafka_bootstrap, replayer, since_ms=since_ms, on_progress=progress,
+            kafka_options=client_options(settings),
+        )
     finally:
         if progress is not None:
             progress.done()
@@ -154,6 +158,7 @@ async def _verify(args: argparse.Namespace) -> int:
     try:
         report = await verify_topic(
             settings.kafka_bootstrap, topic, verify_key, since_ms=since_ms, on_break=show, on_progress=progress,
+            kafka_options=client_options(settings),
         )
     finally:
         if progress is not None:
