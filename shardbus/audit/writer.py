@@ -166,10 +166,11 @@ class AuditLog:
     async def start(self) -> None:
         """Create the audit topic if needed, connect, and read this partition's chain head.
 
-        Raises AuditUnavailable when Kafka does not respond within ``timeout_s``.
+        Does nothing when already connected. Raises AuditUnavailable when Kafka does not respond within ``timeout_s``.
         """
         async with self._lock:
-            await self._connect()
+            if self._producer is None:
+                await self._connect()
 
     async def close(self) -> None:
         """Wait for the records in flight and disconnect; ``record()`` raises afterwards."""

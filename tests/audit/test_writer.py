@@ -153,6 +153,24 @@ async def test_unreachable_broker_raises_audit_unavailable(topic_prefix):
         await asyncio.wait_for(audit.start(), WAIT_S)
 
 
+async def test_chain_survives_unacknowledged_record(kafka_bootstrap, topic_prefix, kafka_admin):
+    topics = Topics(topic_prefix)
+    async with AuditLog(kafka_bootstrap, topics, KEY, role="authorizer") as audit:
+        await audit.record("request.accepted", operation_id=op_id(8))
+        # No broker acknowledges within a microsecond, so this record fails
+        # closed; it may still reach the topic when the producer is stopped.
+        audit.timeout_s = 1e-6
+        with pytest.raises(AuditUnavailable):
+            await audit.record("fetch.sent", operation_id=op_id(8), holder_id="h1")
+        assert audit.next_sequence is None
+        audit.timeout_s = 10.0
+        after = await audit.record("fetch.sent", operation_id=op_id(8), holder_id="h2")
+    stored = await read_partition(kafka_bootstrap, topics.audit, ROLE_PARTITIONS["authorizer"])
+    assert after.sequence == len(stored) - 1
+    verifier = ChainVerifier(KEY.verify_key)
+    assert [b for offset, value in stored for b in verifier.feed(ROLE_PARTITIONS["authorizer"], offset, value)] == []
+
+
 async def test_bytes_detail_is_rejected(kafka_bootstrap, topic_prefix, kafka_admin):
     async with AuditLog(kafka_bootstrap, Topics(topic_prefix), KEY, role="authorizer") as audit:
         with pytest.raises(TypeError, match="detail must be a str"):
