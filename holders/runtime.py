@@ -32,6 +32,7 @@ from schemas.holders import DestroyFragment, HolderHeartbeat, HolderStatus, Load
 from schemas.operations import FetchCommand, FragmentError, FragmentResponse
 from schemas.topics import Topics
 from shardbus.errors import DecodeError
+from shardbus.kafka import RELIABLE_PRODUCER
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class HolderService:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=f"holder-{self.holder_id}",
-            acks="all",
+            **RELIABLE_PRODUCER,
             max_request_size=_REQUEST_BYTES,
         )
         consumer = AIOKafkaConsumer(

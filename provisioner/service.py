@@ -66,7 +66,7 @@ from schemas.holders import (
 )
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import ensure_topics
+from shardbus.kafka import RELIABLE_PRODUCER, ensure_topics
 from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class Provisioner:
         """Adopt the holders still running, serve until stopped, then stop the pool."""
         consumed = [self.topics.provisioner, self.topics.heartbeats, self.topics.lifecycle]
         await ensure_topics(self._bootstrap, consumed + [self.topics.deadletter])
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner", acks="all")
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner",
+                                          **RELIABLE_PRODUCER)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, client_id="provisioner",
                                           group_id=None, enable_auto_commit=False)
         await self._producer.start()
