@@ -12,10 +12,15 @@ differ from faust's defaults, for the reasons given beside each one:
 - ``consumer_auto_offset_reset="earliest"`` (faust's default too, set on
   purpose): a new consumer group must not skip requests sent before its
   first start.
-- ``broker_commit_every=1`` and a short ``broker_commit_interval``: each
-  record has side effects in Redis and on other topics, so the window of
-  records that are processed twice after a crash is kept small. Handlers are
-  idempotent anyway, because Kafka only promises at-least-once delivery.
+- a short ``broker_commit_interval`` (0.5 s) and ``broker_commit_every=1000``:
+  each record has side effects in Redis and on other topics, so the window
+  of records that are processed twice after a crash is kept small. Handlers
+  are idempotent anyway, because Kafka only promises at-least-once delivery.
+  A smaller ``broker_commit_every`` costs throughput: faust 0.15.3 awaits
+  the offset commit inside its fetch loop before it hands on the next
+  record, so ``broker_commit_every=1`` allowed one broker round trip per
+  record and capped a service at a few dozen operations per second
+  (benchmarks/load.py; see docs/benchmarks.md).
 - ``consumer_max_fetch_size`` and ``producer_max_request_size`` above the
   largest message of the wire contract (a sealed 1 MiB fragment), where
   faust's defaults are 1 MiB.
@@ -68,7 +73,7 @@ def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
         web_enabled=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=1,
+        broker_commit_every=1000,
         broker_commit_interval=0.5,
         consumer_max_fetch_size=_FETCH_SIZE,
         producer_max_request_size=_FETCH_SIZE,
