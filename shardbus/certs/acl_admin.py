@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from kafka.admin import (
-    ACL,
-    ACLFilter,
-    ACLOperation,
-    ACLPermissionType,
-    ACLResourcePatternType,
-    KafkaAdminClient,
-    ResourcePattern,
-    ResourcePatternFilter,
-    ResourceType,
-)
-from kafka.errors import KafkaError as SyncKafkaError
+with warnings.catch_warnings():
+    # kafka-python loads its protocol schemas with importlib.resources
+    # functions that Python 3.11 deprecates, once per schema.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePattern,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+    from kafka.errors import KafkaError as SyncKafkaError
 
 from shardbus.certs.acls import Operation, Pattern, Permission, Resource
 from shardbus.errors import ServiceUnavailable
@@ -35,7 +40,8 @@ _RESOURCE_TYPES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceT
 _PATTERN_TYPES = {Pattern.LITERAL: ACLResourcePatternType.LITERAL, Pattern.PREFIXED: ACLResourcePatternType.PREFIXED}
 _OPERATIONS = {Operation.READ: ACLOperation.READ, Operation.WRITE: ACLOperation.WRITE,
                Operation.CREATE: ACLOperation.CREATE, Operation.DELETE: ACLOperation.DELETE,
-               Operation.DESCRIBE: ACLOperation.DESCRIBE, Operation.ALTER: ACLOperation.ALTER}
+               Operation.DESCRIBE: ACLOperation.DESCRIBE, Operation.ALTER: ACLOperation.ALTER,
+               Operation.DESCRIBE_CONFIGS: ACLOperation.DESCRIBE_CONFIGS}
 
 
 class AclAdmin:

@@ -51,6 +51,7 @@ class Operation(str, Enum):
     DELETE = "delete"
     DESCRIBE = "describe"
     ALTER = "alter"
+    DESCRIBE_CONFIGS = "describe_configs"
 
 
 #: Kafka's name for the one cluster resource.
@@ -107,11 +108,12 @@ class _Grants:
         self.items.add(Permission(self.principal, Resource.CLUSTER, CLUSTER_NAME, Pattern.LITERAL, operation))
 
     def audit(self, topics: Topics) -> None:
-        # Each service appends to the audit chain and reads its own tail back
-        # to continue the chain after a restart.
-        self.topics(Operation.READ, topics.audit)
-        self.topics(Operation.WRITE, topics.audit)
-        self.topics(Operation.CREATE, topics.audit)
+        # Each service appends to its partition of the audit chain, reads the
+        # partition's tail back to continue the chain after a restart, adds
+        # the partition if the topic lacks it and checks the topic's retention.
+        for operation in (Operation.READ, Operation.WRITE, Operation.CREATE, Operation.ALTER,
+                          Operation.DESCRIBE_CONFIGS):
+            self.topics(operation, topics.audit)
 
     def result(self) -> tuple[Permission, ...]:
         return tuple(sorted(self.items))
