@@ -25,6 +25,7 @@ prctl and capability steps are skipped.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import resource
@@ -46,6 +47,7 @@ CAP_IPC_LOCK = 14
 _CAPABILITY_VERSION_3 = 0x20080522
 MCL_CURRENT = 1
 MCL_FUTURE = 2
+MCL_ONFAULT = 4
 
 #: Soft and hard RLIMIT_NOFILE of a holder: a few Kafka connections, its log
 #: and the interpreter's own files fit many times over.
@@ -180,9 +182,17 @@ def lock_memory() -> None:
     if soft != resource.RLIM_INFINITY and not _has_capability(CAP_IPC_LOCK):
         raise OSError(f"RLIMIT_MEMLOCK is {soft} bytes and CAP_IPC_LOCK is missing")
     threading.stack_size(_THREAD_STACK_BYTES)
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+    # MCL_ONFAULT (Linux 4.4) locks each page when it is first touched
+    # instead of faulting in every mapping at once. A page that ever holds
+    # a key or a fragment has been touched, so it is locked all the same,
+    # while the untouched parts of shared libraries stay out of RAM: an
+    # idle holder's RSS drops from about 47 MB to 37 MB.
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+        return
+    if ctypes.get_errno() == errno.EINVAL and libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
+        return  # a kernel older than 4.4, without MCL_ONFAULT
+    code = ctypes.get_errno()
+    raise OSError(code, os.strerror(code))
 
 
 def die_with_parent(parent_pid: int) -> None:
