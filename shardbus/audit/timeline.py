@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 from shardbus.audit import actions
 
+# Characters of a rejection's detail kept as its reason when no code was given.
+_MAX_WHY = 120
+
 #: Events kept per timeline. Further events are counted, not kept, so one
 #: runaway operation cannot exhaust memory.
 MAX_EVENTS = 512
@@ -92,6 +95,7 @@ class Timeline:
     holders_asked: set[str] = field(default_factory=set)
     holders_loaded: set[str] = field(default_factory=set)
     holders_answered: set[str] = field(default_factory=set)
+    #: Holder id to the reason code of its rejected fragment, or the detail when no code was given.
     holders_rejected: dict[str, str] = field(default_factory=dict)
     holders_done: set[str] = field(default_factory=set)
     holders_named: set[str] = field(default_factory=set)
@@ -132,7 +136,7 @@ class Timeline:
         elif action == actions.FRAGMENT_RECEIVED and holder:
             self.holders_answered.add(holder)
         elif action == actions.FRAGMENT_REJECTED and holder:
-            self.holders_rejected[holder] = event.reason
+            self.holders_rejected[holder] = event.reason or event.detail[:_MAX_WHY] or "rejected"
         elif action in (actions.HOLDER_TORN_DOWN, actions.HOLDER_RETURNED):
             self.holders_done.update(holders or ((holder,) if holder else ()))
         elif action == actions.LEASE_RELEASED:
@@ -161,8 +165,17 @@ class Timeline:
         return self.holders_loaded <= self.holders_done
 
     def corrupted_holders(self) -> list[str]:
-        """Return the holders whose fragment failed its commitment, sorted."""
-        return sorted(h for h, reason in self.holders_rejected.items() if reason == actions.FRAGMENT_CORRUPTED)
+        """Return the holders whose requested fragment was rejected, sorted.
+
+        A rejection with the reason code ``fragment_corrupted`` counts, and so
+        does any rejection of a holder that was asked for its fragment,
+        because the fragment it was asked for failed to open or verify.
+        """
+        asked = self.holders_asked | self.holders_loaded
+        return sorted(
+            holder for holder, why in self.holders_rejected.items()
+            if why == actions.FRAGMENT_CORRUPTED or holder in asked
+        )
 
     def anomalies(self) -> list[Anomaly]:
         """Return what looks wrong in this operation's trail."""
@@ -185,7 +198,8 @@ class Timeline:
         for holder in sorted((self.holders_answered | set(self.holders_rejected)) - asked):
             flag("fragment_from_unasked_holder", f"holder {holder} sent a fragment but was not asked", holder)
         for holder in self.corrupted_holders():
-            flag("fragment_corrupted", f"holder {holder} sent a fragment that failed its commitment", holder)
+            why = self.holders_rejected[holder]
+            flag("fragment_corrupted", f"holder {holder} sent a fragment that was rejected ({why})", holder)
         for holder in sorted(self.holders_loaded - self.holders_done):
             flag("holder_not_torn_down", f"per-operation holder {holder} was loaded but not torn down", holder)
         unverified = sum(1 for event in self.events if event.verified is False)

@@ -83,16 +83,22 @@ def test_unasked_and_corrupted_fragments_are_flagged():
         feed.audit(T0, "request.accepted", **ids),
         feed.audit(T0 + 1, "fetch.sent", holder_id="h1", **ids),
         feed.audit(T0 + 2, "fetch.sent", holder_id="h2", **ids),
+        feed.audit(T0 + 2, "fetch.sent", holder_id="h3", **ids),
         feed.audit(T0 + 3, "fragment.received", actor="reassembler", holder_id="h9", **ids),
         feed.audit(T0 + 4, "fragment.rejected", actor="reassembler", holder_id="h2", reason="fragment_corrupted", **ids),
+        # A rejection without a reason code, as the reassembler writes for a fragment that failed to open.
+        feed.audit(T0 + 4, "fragment.rejected", actor="reassembler", holder_id="h3", detail="tag mismatch", **ids),
         feed.audit(T0 + 5, "operation.failed", actor="reassembler", reason="fragment_corrupted", **ids),
     ]
     run(make_replayer(sink, feed), records)
     [timeline] = sink.timelines
     found = {(a.kind, a.holder_id) for a in timeline.anomalies()}
-    assert found == {("fragment_from_unasked_holder", "h9"), ("fragment_corrupted", "h2")}
-    [summary] = [a for a in sink.anomalies if a.kind == "holder_corrupted_fragments"]
-    assert summary.holder_id == "h2"
+    assert found == {
+        ("fragment_from_unasked_holder", "h9"), ("fragment_corrupted", "h2"), ("fragment_corrupted", "h3"),
+    }
+    assert timeline.holders_rejected == {"h2": "fragment_corrupted", "h3": "tag mismatch"}
+    summaries = [a for a in sink.anomalies if a.kind == "holder_corrupted_fragments"]
+    assert [a.holder_id for a in summaries] == ["h2", "h3"]
 
 
 def test_denial_burst_is_flagged_once():
