@@ -12,7 +12,8 @@
 | SHARDBUS_TLS_DIR | the TLS folder that `shardbus certs` manages | $SHARDBUS_HOME/tls |
 
 The deployment folder, made by `shardbus init`, holds ``master.key``,
-``reassembler.key`` (private), ``reassembler.pub`` and ``policy.yaml``.
+``reassembler.key`` (private), ``reassembler.pub``, ``audit.key`` (private,
+for the services that write audit records), ``audit.pub`` and ``policy.yaml``.
 
 Kafka connections use mutual TLS when SHARDBUS_KAFKA_TLS_CA is set, and then
 the certificate and key are required too; `shardbus.kafka.client_options`
