@@ -1,0 +1,430 @@
+"""A holder backend that runs each holder in its own QEMU microVM.
+
+Each holder gets its own guest kernel and memory, so its HPKE private key
+and fragments live only in that guest's RAM, out of reach of every host
+process that cannot read QEMU's memory. The guest boots the kernel and
+initramfs of ``microvm_image``, mounts the host's Python and the holder
+code read-only over 9p, and runs ``python -m holders`` (see
+``microvm_init.sh``). ``microvm_qemu`` builds the QEMU command line.
+
+The guest reports its public key on a virtio serial port whose host end is
+one half of a socket pair that only the backend holds, the VM equivalent of
+the process backend's key pipe. The backend asks for a clean stop by writing
+"stop" on the same port: the holder wipes its fragments and the guest
+powers off, which ends QEMU. A guest that does not stop in time gets SIGTERM
+(QEMU then powers it off at once) and then SIGKILL.
+
+Like process holders, VMs outlive the provisioner: QEMU runs in a session of
+its own, started with ``subprocess.Popen``, and the guest ignores the end of
+its control channel. A restarted provisioner adopts a running VM by finding
+the QEMU process named after the holder (``find_qemu_pid``) and trusts the
+public key the registry recorded. An adopted VM has no control channel, so
+stopping it sends SIGTERM to QEMU at once, which discards the guest's memory
+with everything the holder kept.
+
+A holder needs no file on the host: the console log goes to
+``<log_dir>/<holder id>.log`` and the kernel and initramfs are shared by all
+guests. The figures below come from ``benchmarks/holders.py`` on a 2-core
+machine without usable KVM (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import holders
+from provisioner.backend import BackendStatus, HolderBackend, HolderSpec
+from provisioner.microvm_image import GuestImage, default_cache_dir, guest_image
+from provisioner.microvm_qemu import BrokerForward, GuestSettings, broker_forwards, host_shares, qemu_command, tsc_khz
+from shardbus.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_SOURCE_ROOT = str(Path(holders.__file__).resolve().parent.parent)
+_KEY_LINE_LIMIT = 4096
+#: Pause between two checks of whether a stopping VM has exited.
+_EXIT_POLL_S = 0.05
+
+#: Guest memory. Debian's kernel keeps about 60 MiB for itself, and the
+#: holder locks about 48 MiB (``mlockall``), so 128 MiB runs out of memory
+#: while Python imports; 160 MiB leaves about 23 MiB free.
+DEFAULT_MEMORY_MIB = 160
+
+#: Host memory that one idle holder VM takes under TCG, QEMU included,
+#: rounded up from the measured resident set size.
+HOST_MIB_PER_VM = 400
+
+#: The warm pool may take this share of the host's available memory.
+POOL_MEMORY_SHARE = 8
+#: Booting a guest under TCG keeps a core busy for several seconds, so the
+#: default pool stays small even on a large host.
+MAX_DEFAULT_POOL = 4
+
+
+def default_pool_size(available_mib: int | None = None) -> int:
+    """Return the default warm pool size for microVM holders.
+
+    It is the number of VMs that fit in an eighth of the host's available
+    memory (``MemAvailable``) at ``HOST_MIB_PER_VM`` each, between 1 and
+    ``MAX_DEFAULT_POOL``.
+    """
+    if available_mib is None:
+        available_mib = _available_memory_mib()
+    return max(1, min(MAX_DEFAULT_POOL, available_mib // POOL_MEMORY_SHARE // HOST_MIB_PER_VM))
+
+
+def _available_memory_mib() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _runs_guest(pid: int, holder_id: str) -> bool:
+    """Tell whether `pid` is a live QEMU process of this user started for `holder_id`."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            arguments = file.read().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    if state == b"Z":
+        return False
+    expected = [b"-name", f"shardbus-{holder_id}".encode()]
+    return any(arguments[i:i + 2] == expected for i in range(len(arguments)))
+
+
+def find_qemu_pid(holder_id: str) -> int | None:
+    """Return the pid of the QEMU process that runs `holder_id`, or None.
+
+    It matches the ``-name shardbus-<holder id>`` argument that the backend
+    gives QEMU, so the VMs of an earlier provisioner are found too. The demo
+    and the tests use it to kill a VM the way a crash would.
+    """
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _runs_guest(int(entry), holder_id):
+            return int(entry)
+    return None
+
+
+@dataclass
+class _Guest:
+    holder_id: str
+    kem: str
+    pid: int
+    #: QEMU's Popen and the control socket, both None for an adopted VM.
+    popen: subprocess.Popen | None = None
+    control: socket.socket | None = None
+    writer: asyncio.StreamWriter | None = None
+    public_key: bytes = b""
+    key_reader: asyncio.Task[None] | None = None
+
+    @property
+    def adopted(self) -> bool:
+        return self.popen is None
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _runs_guest(self.pid, self.holder_id)
+
+
+class MicroVMBackend(HolderBackend):
+    """Runs each holder in a QEMU microVM; see the module docstring.
+
+    `accelerator` is "tcg" (software emulation), "kvm", or "auto", which
+    boots one probe guest with KVM on first use and falls back to TCG unless
+    it reports back within `probe_timeout_s`. Some hosts expose a /dev/kvm
+    that cannot run a stock guest kernel, so its presence proves nothing.
+    `cache_dir` contains the kernel, busybox and initramfs that
+    ``scripts/microvm-setup`` installs.
+    """
+
+    reports_public_key = True
+    can_adopt = True
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        python: str = sys.executable,
+        memory_mib: int = DEFAULT_MEMORY_MIB,
+        accelerator: str = "auto",
+        qemu: str = "qemu-system-x86_64",
+        cache_dir: Path | None = None,
+        probe_timeout_s: float = 10.0,
+    ) -> None:
+        if accelerator not in ("auto", "tcg", "kvm"):
+            raise ValueError(f"accelerator must be auto, tcg or kvm, got {accelerator!r}")
+        if memory_mib < 128:
+            raise ValueError(f"memory_mib must be at least 128, got {memory_mib}")
+        self._log_dir = Path(log_dir)
+        self._python = python
+        self._memory_mib = memory_mib
+        self._accelerator = accelerator
+        self._qemu = qemu
+        self._cache_dir = cache_dir or default_cache_dir()
+        self._probe_timeout_s = probe_timeout_s
+        self._guests: dict[str, _Guest] = {}
+        self._prepared: tuple[GuestImage, tuple[str, ...], str] | None = None
+        self._prepare_lock = asyncio.Lock()
+
+    @property
+    def accelerator(self) -> str | None:
+        """The accelerator in use, "tcg" or "kvm", or None before the first start."""
+        return None if self._prepared is None else self._prepared[2]
+
+    async def prepare(self) -> None:
+        """Build the initramfs, find the folders to share and choose the accelerator.
+
+        The first start() calls it; calling it earlier moves that work (and
+        the KVM probe, up to `probe_timeout_s`) out of the first holder's
+        start. Raises ServiceUnavailable when QEMU or the guest files are
+        missing.
+        """
+        async with self._prepare_lock:
+            if self._prepared is not None:
+                return
+            qemu = shutil.which(self._qemu)
+            if qemu is None:
+                raise ServiceUnavailable(f"{self._qemu} was not found on PATH; run scripts/microvm-setup")
+            self._qemu = qemu
+            self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                image = guest_image(self._cache_dir, runtime_dir=self._cache_dir)
+                shares = await asyncio.to_thread(host_shares, self._python, _SOURCE_ROOT)
+            except (OSError, ValueError) as exc:
+                raise ServiceUnavailable(f"cannot prepare microVM holders: {exc}") from None
+            accelerator = self._accelerator
+            if accelerator == "auto":
+                accelerator = "kvm" if await self._kvm_boots(image) else "tcg"
+            log.info("microVM holders use %s, %d MiB each, sharing %s read-only",
+                     accelerator, self._memory_mib, ", ".join(shares))
+            self._prepared = (image, tuple(shares), accelerator)
+
+    async def _kvm_boots(self, image: GuestImage) -> bool:
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            log.info("KVM probe: /dev/kvm is missing or not accessible; using TCG")
+            return False
+        console = self._log_dir / "kvm-probe.log"
+        popen, control = self._launch("kvm-probe", image, (), (), "kvm", console, ("shardbus.probe=1",))
+        probe = _Guest("kvm-probe", "", popen.pid, popen, control)
+        reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
+        try:
+            line = await asyncio.wait_for(reader.readline(), self._probe_timeout_s)
+        except (asyncio.TimeoutError, OSError, ValueError):
+            line = b""
+        finally:
+            writer.close()
+            await self._end(probe, 2.0)
+        if line.strip() == b"probe ok":
+            log.info("KVM probe: a guest booted with KVM; using KVM")
+            return True
+        log.info("KVM probe: the probe guest did not report within %g s or QEMU failed (see %s); using TCG",
+                 self._probe_timeout_s, console)
+        return False
+
+    def _launch(
+        self,
+        name: str,
+        image: GuestImage,
+        shares: tuple[str, ...],
+        forwards: list[BrokerForward] | tuple[()],
+        accelerator: str,
+        console: Path,
+        init_words: tuple[str, ...],
+    ) -> tuple[subprocess.Popen, socket.socket]:
+        # One socket of the pair goes to QEMU as its control chardev; the
+        # other stays here, so no other process can reach the guest's port.
+        host_end, guest_end = socket.socketpair()
+        settings = GuestSettings(
+            name=name, kernel=image.kernel, initramfs=image.initramfs, accelerator=accelerator,
+            memory_mib=self._memory_mib, shares=tuple(shares), forwards=tuple(forwards),
+            relay_program=self._cache_dir / "busybox", console_log=console, control_fd=guest_end.fileno(),
+            init_words=tuple(init_words), tsc_khz=tsc_khz(),
+        )
+        log_fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            # Popen, unlike asyncio's subprocess transport, never kills its
+            # child when garbage collected, and a session of its own keeps a
+            # signal to the provisioner's process group from reaching QEMU:
+            # the VMs outlive the provisioner on purpose.
+            popen = subprocess.Popen(
+                qemu_command(self._qemu, settings),
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                start_new_session=True, pass_fds=(guest_end.fileno(),),
+            )
+        except (OSError, ValueError) as exc:
+            host_end.close()
+            raise ServiceUnavailable(f"cannot start the microVM of {name}: {exc}") from None
+        finally:
+            os.close(log_fd)
+            guest_end.close()
+        return popen, host_end
+
+    async def start(self, spec: HolderSpec) -> BackendStatus:
+        if spec.holder_id in self._guests:
+            raise ValueError(f"holder {spec.holder_id} is already running; stop it before starting it again")
+        await self.prepare()
+        assert self._prepared is not None
+        image, shares, accelerator = self._prepared
+        try:
+            forwards = broker_forwards(spec.kafka_bootstrap)
+        except ValueError as exc:
+            raise ServiceUnavailable(f"cannot start holder {spec.holder_id}: {exc}") from None
+        init_words = (
+            f"shardbus.python={self._python}", f"shardbus.pythonpath={_SOURCE_ROOT}",
+            f"shardbus.holder_id={spec.holder_id}", f"shardbus.bootstrap={spec.kafka_bootstrap}",
+            f"shardbus.prefix={spec.topic_prefix}", f"shardbus.heartbeat={spec.heartbeat_interval_s:g}",
+            f"shardbus.kem={spec.kem}",
+        )
+        console = self._log_dir / f"{spec.holder_id}.log"
+        try:
+            popen, control = self._launch(spec.holder_id, image, shares, forwards, accelerator, console, init_words)
+        except ValueError as exc:
+            raise ServiceUnavailable(f"cannot start holder {spec.holder_id}: {exc}") from None
+        reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
+        guest = _Guest(spec.holder_id, spec.kem, popen.pid, popen, control, writer)
+        guest.key_reader = asyncio.create_task(self._read_public_key(guest, reader), name=f"key-{spec.holder_id}")
+        self._guests[spec.holder_id] = guest
+        log.info("started holder %s in a %s microVM, qemu pid %d, log %s",
+                 spec.holder_id, accelerator, popen.pid, console)
+        return self._status(guest)
+
+    def adopt(self, holder_id: str, pid: int, public_key: bytes, kem: str) -> BackendStatus | None:
+        """Take over a VM that an earlier provisioner started.
+
+        The registry records no pid for a VM (the status reports 0), so
+        `pid` is ignored and the QEMU process is found by its name. Returns
+        None when no such QEMU runs. The key is trusted as given, because
+        the control channel that carried it closed with that provisioner.
+        """
+        if holder_id in self._guests:
+            raise ValueError(f"holder {holder_id} is tracked already; adopt only holders of an earlier provisioner")
+        qemu_pid = find_qemu_pid(holder_id)
+        if qemu_pid is None:
+            return None
+        guest = _Guest(holder_id, kem, qemu_pid, public_key=public_key)
+        self._guests[holder_id] = guest
+        log.info("adopted holder %s running in the microVM of qemu pid %d", holder_id, qemu_pid)
+        return self._status(guest)
+
+    @staticmethod
+    async def _read_public_key(guest: _Guest, reader: asyncio.StreamReader) -> None:
+        """Read the holder's one line, "<kem> <public key in hex>", from the control port."""
+        holder_id = guest.holder_id
+        try:
+            line = await reader.readline()
+        except ValueError:
+            log.warning("holder %s wrote more than %d bytes to its control port; ignoring it",
+                        holder_id, _KEY_LINE_LIMIT)
+            return
+        except OSError as exc:
+            log.warning("could not read the control port of holder %s: %s", holder_id, exc)
+            return
+        kem, _, key_hex = line.decode("ascii", errors="replace").strip().partition(" ")
+        try:
+            public_key = bytes.fromhex(key_hex)
+        except ValueError:
+            public_key = b""
+        if kem != guest.kem or not public_key:
+            log.warning("holder %s reported no valid %s public key on its control port", holder_id, guest.kem)
+            return
+        guest.public_key = public_key
+
+    async def stop(self, holder_id: str, timeout_s: float = 5.0) -> None:
+        guest = self._guests.pop(holder_id, None)
+        if guest is None:
+            return
+        if guest.key_reader is not None:
+            guest.key_reader.cancel()
+            await asyncio.gather(guest.key_reader, return_exceptions=True)
+        # A VM that has not reported its key yet was never handed out and
+        # has nothing to wipe, and an adopted VM cannot be asked, so
+        # QEMU gets SIGTERM at once for both.
+        polite = guest.alive() and guest.writer is not None and bool(guest.public_key)
+        if polite:
+            try:
+                guest.writer.write(b"stop\n")
+                await asyncio.wait_for(guest.writer.drain(), 1.0)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.info("could not send stop to holder %s: %s", holder_id, exc)
+        await self._end(guest, timeout_s if polite else 0.0)
+        if guest.writer is not None:
+            guest.writer.close()
+        if guest.control is not None:
+            guest.control.close()
+        code = "unknown, adopted" if guest.popen is None else guest.popen.returncode
+        log.info("stopped holder %s (qemu pid %d, exit code %s)", holder_id, guest.pid, code)
+
+    @staticmethod
+    async def _end(guest: _Guest, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for QEMU to exit, then send SIGTERM, then SIGKILL."""
+        loop = asyncio.get_running_loop()
+        for signum, wait_s in ((None, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if signum is not None and guest.alive():
+                expected = signum == signal.SIGTERM and timeout_s == 0.0
+                log.log(logging.INFO if expected else logging.WARNING,
+                        "microVM %s (qemu pid %d) still runs; sending %s",
+                        guest.holder_id, guest.pid, signal.Signals(signum).name)
+                try:
+                    os.kill(guest.pid, signum)
+                except ProcessLookupError:
+                    pass
+            # Polled, because an adopted QEMU is not our child, and a
+            # Popen wait would block the event loop.
+            deadline = loop.time() + wait_s
+            while guest.alive() and loop.time() < deadline:
+                await asyncio.sleep(_EXIT_POLL_S)
+            if not guest.alive():
+                return
+
+    def status(self, holder_id: str) -> BackendStatus | None:
+        guest = self._guests.get(holder_id)
+        return None if guest is None else self._status(guest)
+
+    def holder_ids(self) -> list[str]:
+        return list(self._guests)
+
+    def qemu_pid(self, holder_id: str) -> int | None:
+        """Return the pid of the holder's QEMU process, or None for an unknown id."""
+        guest = self._guests.get(holder_id)
+        return None if guest is None else guest.pid
+
+    def log_path(self, holder_id: str) -> Path | None:
+        """Return the holder's console log, or None for an unknown id."""
+        return self._log_dir / f"{holder_id}.log" if holder_id in self._guests else None
+
+    @staticmethod
+    def _status(guest: _Guest) -> BackendStatus:
+        alive = guest.alive()
+        code = None if guest.popen is None else guest.popen.returncode
+        if alive:
+            detail = f"qemu pid {guest.pid}, running" + (" (adopted)" if guest.adopted else "")
+        elif guest.adopted:
+            detail = f"qemu pid {guest.pid}, exited (adopted, so the exit code is unknown)"
+        else:
+            detail = f"qemu pid {guest.pid}, exited with code {code}"
+        # The heartbeat carries the holder's pid inside the guest, which the
+        # host cannot check, so the status reports no pid and the public
+        # key from the control port identifies the holder instead.
+        return BackendStatus(
+            holder_id=guest.holder_id, alive=alive, pid=0, exit_code=code,
+            detail=detail, public_key=guest.public_key,
+        )

@@ -1,0 +1,138 @@
+"""The QEMU command line of a microVM holder and the host facts behind it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.microvm import HOST_MIB_PER_VM, MAX_DEFAULT_POOL, default_pool_size, find_qemu_pid
+from provisioner.microvm_qemu import (
+    MAX_COMMAND_LINE,
+    BrokerForward,
+    GuestSettings,
+    broker_forwards,
+    host_shares,
+    kernel_command_line,
+    qemu_command,
+)
+
+
+def _settings(**changes) -> GuestSettings:
+    values = dict(
+        name="holder-abc", kernel=Path("/cache/kernel/vmlinux"), initramfs=Path("/cache/initramfs-1.cpio"),
+        accelerator="tcg", memory_mib=160, shares=("/usr", "/opt/python"),
+        forwards=tuple(broker_forwards("127.0.0.1:19092,kafka.example:9093")),
+        relay_program=Path("/cache/busybox"), console_log=Path("/logs/holder-abc.log"), control_fd=7,
+        init_words=("shardbus.holder_id=holder-abc",), tsc_khz=2_600_000,
+    )
+    values.update(changes)
+    return GuestSettings(**values)
+
+
+def _option(command: list[str], flag: str) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == flag]
+
+
+def test_forwards_keep_ip_addresses() -> None:
+    assert broker_forwards("127.0.0.1:19092, 192.0.2.7:9092") == [
+        BrokerForward("127.0.0.1", 19092, "127.0.0.1", "10.0.2.100"),
+        BrokerForward("192.0.2.7", 9092, "192.0.2.7", "10.0.2.101"),
+    ]
+
+
+def test_forwards_map_host_names_to_loopback() -> None:
+    first, second = broker_forwards("localhost:19092,kafka.example:9093")
+    assert first.guest_host == "127.0.0.1"
+    assert second == BrokerForward("kafka.example", 9093, "127.0.1.2", "10.0.2.101")
+
+
+@pytest.mark.parametrize("bootstrap, message", [
+    ("", "empty"),
+    ("127.0.0.1", "expected host:port"),
+    ("127.0.0.1:0", "expected host:port"),
+    ("[::1]:9092", "IPv6"),
+    ("127.0.0.1:9092,127.0.0.2:9092", "repeats a port"),
+])
+def test_forwards_reject_invalid_bootstrap(bootstrap: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        broker_forwards(bootstrap)
+
+
+def test_command_line_carries_settings() -> None:
+    words = kernel_command_line(_settings()).split()
+    assert "tsc_early_khz=2600000" in words
+    assert "shardbus.share=share0:/usr" in words
+    assert "shardbus.share=share1:/opt/python" in words
+    assert "shardbus.forward=127.0.0.1:19092:10.0.2.100" in words
+    assert "shardbus.host=kafka.example:127.0.1.2" in words
+    assert "shardbus.forward=127.0.1.2:9093:10.0.2.101" in words
+    assert words[-1] == "shardbus.holder_id=holder-abc"
+
+
+def test_command_line_without_tsc_under_kvm() -> None:
+    assert "tsc_early_khz" not in kernel_command_line(_settings(accelerator="kvm"))
+
+
+def test_command_line_rejects_whitespace() -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        kernel_command_line(_settings(init_words=("shardbus.prefix=a b",)))
+
+
+def test_command_line_length_limit() -> None:
+    shares = tuple(f"/very/long/share/path/number/{n:04d}" for n in range(MAX_COMMAND_LINE // 40))
+    with pytest.raises(ValueError, match="kernel command line has"):
+        kernel_command_line(_settings(shares=shares))
+
+
+def test_qemu_command_isolates_guest() -> None:
+    command = qemu_command("/usr/bin/qemu-system-x86_64", _settings())
+    assert command[0] == "/usr/bin/qemu-system-x86_64"
+    assert _option(command, "-name") == ["shardbus-holder-abc"]
+    assert "dump-guest-core=off" in _option(command, "-machine")[0]
+    assert _option(command, "-accel") == ["tcg,tb-size=64"]
+    assert _option(command, "-m") == ["160"]
+    assert "-no-reboot" in command
+    assert "-nodefaults" in command
+    [netdev] = _option(command, "-netdev")
+    assert "restrict=on" in netdev.split(",")
+    assert "guestfwd=tcp:10.0.2.100:19092-cmd:/cache/busybox nc 127.0.0.1 19092" in netdev.split(",")
+    assert "guestfwd=tcp:10.0.2.101:9093-cmd:/cache/busybox nc kafka.example 9093" in netdev.split(",")
+    assert _option(command, "-fsdev") == [
+        "local,id=share0,path=/usr,security_model=none,readonly=on",
+        "local,id=share1,path=/opt/python,security_model=none,readonly=on",
+    ]
+    assert "socket,id=control,fd=7" in _option(command, "-chardev")
+    assert "virtserialport,chardev=control,name=shardbus.control" in _option(command, "-device")
+
+
+def test_qemu_command_under_kvm() -> None:
+    command = qemu_command("qemu-system-x86_64", _settings(accelerator="kvm"))
+    assert _option(command, "-accel") == ["kvm"]
+    assert _option(command, "-cpu") == ["host"]
+
+
+def test_qemu_command_escapes_commas() -> None:
+    command = qemu_command("qemu", _settings(console_log=Path("/logs/a,b.log")))
+    assert "file,id=console,path=/logs/a,,b.log,append=on" in _option(command, "-chardev")
+
+
+def test_shares_cover_this_interpreter() -> None:
+    shares = host_shares(sys.executable, str(Path(__file__).resolve().parents[2]))
+    assert "/usr" in shares
+    for outer in shares:
+        nested = [inner for inner in shares if inner != outer and inner.startswith(outer + "/")]
+        assert nested == [], f"{nested} lie inside the share {outer}"
+    prefix = Path(sys.base_prefix).resolve()
+    assert any(prefix == Path(share) or Path(share) in prefix.parents for share in shares)
+
+
+def test_default_pool_size_follows_memory() -> None:
+    assert default_pool_size(0) == 1
+    assert default_pool_size(8 * HOST_MIB_PER_VM * 2) == 2
+    assert default_pool_size(1024 * 1024) == MAX_DEFAULT_POOL
+
+
+def test_no_qemu_for_unknown_holder() -> None:
+    assert find_qemu_pid("holder-that-never-ran") is None
