@@ -6,6 +6,12 @@ sealed to a fresh HPKE key made for that request, or an ErrorReply.
 
 Several client instances of one application may share the reply topic: each
 reads every reply and ignores the operation ids it did not send.
+
+The reply topic is untrusted input like any other topic. A record that does
+not decode as a reply (garbage, a tombstone, another message type) is
+logged and counted in ``rejected_replies``, and the reader goes on with the
+next record. An application may not write to the dead-letter topic, so the
+client cannot report it there.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas import codec
 from schemas.messages import ErrorReply, LeaseReply, LifecycleEvent, OperationRequest
@@ -27,8 +35,12 @@ from schemas.topics import Topics
 from shardbus.crypto import envelope, signing
 from shardbus.crypto.wipe import wipe
 from shardbus.errors import DecodeError, Denied, IntegrityError, ServiceUnavailable
+from shardbus.kafka import client_options
 
 log = logging.getLogger(__name__)
+
+# Pause after a failed read of the reply topic before the next attempt.
+_READ_RETRY_S = 1.0
 
 
 @dataclass
@@ -64,8 +76,16 @@ class ShardbusClient:
         kem: str = "x25519",
         timeout_s: float = 15.0,
         clock: Callable[[], float] = time.time,
+        kafka_options: dict[str, Any] | None = None,
     ) -> None:
+        """Describe the client; `start()` connects.
+
+        `kafka_options` are the Kafka security settings, by default
+        `shardbus.kafka.client_options()` of this process: mutual TLS when
+        the SHARDBUS_KAFKA_TLS_* variables name the app's certificate.
+        """
         self._bootstrap = bootstrap
+        self._kafka_options = client_options() if kafka_options is None else kafka_options
         self._app_id = app_id
         self._signing_key = signing_key
         self._topics = topics or Topics()
@@ -76,6 +96,8 @@ class ShardbusClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[LeaseReply | ErrorReply]] = {}
+        #: Records on the reply topic that were not a valid reply.
+        self.rejected_replies = 0
 
     async def __aenter__(self) -> ShardbusClient:
         await self.start()
@@ -87,9 +109,12 @@ class ShardbusClient:
     async def start(self) -> None:
         """Connect, and position the reply reader at the end of the reply topic."""
         reply_topic = self._topics.replies(self._app_id)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True, **self._kafka_options
+        )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, auto_offset_reset="latest"
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, auto_offset_reset="latest",
+            **self._kafka_options,
         )
         try:
             await self._producer.start()
@@ -219,18 +244,31 @@ class ShardbusClient:
 
     async def _read_replies(self) -> None:
         assert self._consumer is not None
-        async for record in self._consumer:
+        while True:
             try:
-                reply = codec.decode(record.value, (LeaseReply, ErrorReply))
-            except DecodeError as exc:
-                log.warning(
-                    "ignored a malformed reply at %s[%d]@%d: %s",
-                    record.topic, record.partition, record.offset, exc,
-                )
+                record = await self._consumer.getone()
+            except KafkaError as exc:
+                # getone raises an error such as a denied read once per fetch;
+                # the next call fetches again.
+                log.error("reading the reply topic of app %s failed: %s; retrying", self._app_id, exc)
+                await asyncio.sleep(_READ_RETRY_S)
                 continue
-            future = self._pending.get(reply.operation_id)
-            if future is not None and not future.done():
-                future.set_result(reply)
+            self._handle_reply(record.topic, record.partition, record.offset, record.value)
+
+    def _handle_reply(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            reply = codec.decode(value if value is not None else b"", (LeaseReply, ErrorReply))
+        except DecodeError as exc:
+            self.rejected_replies += 1
+            # Count every rejected record but log only the first and then
+            # every hundredth, so a flood of garbage does not flood the log.
+            if self.rejected_replies % 100 == 1:
+                log.warning("ignored a malformed reply at %s[%d]@%d (%d so far): %s",
+                            topic, partition, offset, self.rejected_replies, exc)
+            return
+        future = self._pending.get(reply.operation_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
 
 
 def _with_signature(request: OperationRequest, signature: bytes) -> OperationRequest:
