@@ -32,7 +32,7 @@ from schemas.holders import DestroyFragment, HolderHeartbeat, HolderStatus, Load
 from schemas.operations import FetchCommand, FragmentError, FragmentResponse
 from schemas.topics import Topics
 from shardbus.errors import DecodeError
-from shardbus.kafka import RELIABLE_PRODUCER
+from shardbus.kafka import RELIABLE_PRODUCER, client_options
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class HolderService:
             client_id=f"holder-{self.holder_id}",
             **RELIABLE_PRODUCER,
             max_request_size=_REQUEST_BYTES,
+            **client_options(),
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -98,6 +99,7 @@ class HolderService:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=_FETCH_BYTES,
             fetch_max_bytes=max(_FETCH_BYTES, 50 * 1024 * 1024),
+            **client_options(),
         )
         await producer.start()
         self._producer = producer
@@ -176,7 +178,14 @@ class HolderService:
     async def _command_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             record = await consumer.getone()
-            await self._handle_record(record.topic, record.partition, record.offset, record.value)
+            try:
+                await self._handle_record(record.topic, record.partition, record.offset, record.value)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the holder.
+                log.exception("holder %s failed on the record at %s[%d]@%d", self.holder_id,
+                              record.topic, record.partition, record.offset)
+                payload = record.value if record.value is not None else b""
+                await self._dead_letter(record.topic, record.partition, record.offset, payload,
+                                        f"the holder failed on this record: {type(exc).__name__}")
 
     async def _handle_record(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         payload = value if value is not None else b""
