@@ -1,4 +1,4 @@
-"""Run the provisioner: ``python -m provisioner [--pool-size N]``.
+"""Run the provisioner: ``python -m provisioner [--backend process|microvm] [--pool-size N]``.
 
 Kafka, Redis, the topic prefix and the deployment folder come from the
 environment (see ``shardbus.config``). Holder logs go to ``--log-dir``, by
@@ -6,6 +6,10 @@ default ``$SHARDBUS_HOME/logs/holders``. SIGTERM or SIGINT stops the
 provisioner. The holders that are ready keep running, and the next
 provisioner for the prefix adopts them; ``--on-stop teardown`` (or
 SHARDBUS_HOLDERS_ON_STOP=teardown) tears every holder down instead.
+
+``--backend microvm`` runs each holder in its own QEMU microVM (see
+``provisioner.microvm``; ``scripts/microvm-setup`` installs what it needs).
+Its pool size and ready timeout then default to values sized for VMs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
+from provisioner.backend import HolderBackend
 from provisioner.config import ProvisionerConfig
 
 _DEFAULTS = ProvisionerConfig()
@@ -25,11 +30,18 @@ _DEFAULTS = ProvisionerConfig()
 #: Environment variable with the default of --on-stop.
 ON_STOP_ENV = "SHARDBUS_HOLDERS_ON_STOP"
 
+#: A microVM holder needs many seconds to boot under software emulation, and
+#: more while other VMs boot beside it, so its first heartbeat may come late.
+MICROVM_READY_TIMEOUT_S = 120.0
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m provisioner", description="Run the shardbus provisioner.")
-    parser.add_argument("--pool-size", type=int, default=_DEFAULTS.pool_size,
-                        help=f"ready, empty holders to keep warm (default {_DEFAULTS.pool_size})")
+    parser.add_argument("--backend", choices=["process", "microvm"], default="process",
+                        help="run each holder as an OS process or in its own QEMU microVM (default process)")
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help=f"ready, empty holders to keep warm (default {_DEFAULTS.pool_size}; for microVMs, "
+                        "as many as fit in an eighth of the available memory, from 1 to 4)")
     parser.add_argument("--max-holders", type=int, default=_DEFAULTS.max_holders,
                         help=f"maximum number of holders in use outside the warm pool (default {_DEFAULTS.max_holders})")
     parser.add_argument("--heartbeat-interval", type=float, default=_DEFAULTS.heartbeat_interval_s,
@@ -38,9 +50,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-timeout", type=float, default=_DEFAULTS.heartbeat_timeout_s,
                         metavar="SECONDS", help="seconds without a heartbeat before a holder is marked "
                         f"failed (default {_DEFAULTS.heartbeat_timeout_s:g})")
-    parser.add_argument("--ready-timeout", type=float, default=_DEFAULTS.ready_timeout_s, metavar="SECONDS",
+    parser.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
                         help=f"seconds a new holder has to send its first heartbeat "
-                        f"(default {_DEFAULTS.ready_timeout_s:g})")
+                        f"(default {_DEFAULTS.ready_timeout_s:g}; {MICROVM_READY_TIMEOUT_S:g} for microVMs)")
     parser.add_argument("--kem", default=_DEFAULTS.kem, choices=["x25519", "mlkem768-x25519"],
                         help=f"HPKE KEM of the holders' key pairs (default {_DEFAULTS.kem})")
     parser.add_argument("--orphan-timeout", type=float, default=_DEFAULTS.orphan_timeout_s, metavar="SECONDS",
@@ -52,9 +64,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "else keep)")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="folder for holder log files (default $SHARDBUS_HOME/logs/holders)")
+    parser.add_argument("--vm-memory", type=int, default=None, metavar="MIB",
+                        help="guest memory of each microVM holder, in MiB (default 160)")
+    parser.add_argument("--vm-accelerator", choices=["auto", "tcg", "kvm"], default="auto",
+                        help="QEMU accelerator of microVM holders; auto uses KVM only when a probe guest boots "
+                        "with it (default auto)")
     args = parser.parse_args(argv)
     if args.on_stop not in ("keep", "teardown"):
         parser.error(f"{ON_STOP_ENV}={args.on_stop!r} is invalid: use keep or teardown")
+    microvm = args.backend == "microvm"
+    if args.pool_size is None:
+        if microvm:
+            from provisioner.microvm import default_pool_size
+
+            args.pool_size = default_pool_size()
+        else:
+            args.pool_size = _DEFAULTS.pool_size
+    if args.ready_timeout is None:
+        args.ready_timeout = MICROVM_READY_TIMEOUT_S if microvm else _DEFAULTS.ready_timeout_s
     try:
         args.config = ProvisionerConfig(
             pool_size=args.pool_size,
@@ -71,10 +98,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _backend(args: argparse.Namespace, log_dir: Path) -> HolderBackend:
+    if args.backend == "microvm":
+        from provisioner.microvm import DEFAULT_MEMORY_MIB, MicroVMBackend
+
+        return MicroVMBackend(log_dir, memory_mib=args.vm_memory or DEFAULT_MEMORY_MIB,
+                              accelerator=args.vm_accelerator)
+    from provisioner.process import ProcessBackend
+
+    return ProcessBackend(log_dir)
+
+
 async def _run(args: argparse.Namespace) -> None:
     from redis.asyncio import Redis
 
-    from provisioner.process import ProcessBackend
     from provisioner.service import Provisioner
     from schemas.topics import Topics
     from shardbus.config import Settings
@@ -84,7 +121,7 @@ async def _run(args: argparse.Namespace) -> None:
     redis = Redis.from_url(settings.redis_url)
     try:
         service = Provisioner(
-            settings.kafka_bootstrap, Topics(settings.topic_prefix), ProcessBackend(log_dir), redis, args.config,
+            settings.kafka_bootstrap, Topics(settings.topic_prefix), _backend(args, log_dir), redis, args.config,
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -37,6 +37,9 @@ class ServiceGroup:
     #: The demo, the tests and the benchmarks run throwaway deployments, so
     #: their holders are torn down when the provisioner stops.
     holders_on_stop: str = "teardown"
+    #: Extra command-line arguments per service name, such as
+    #: ``{"provisioner": ["--backend", "microvm"]}``.
+    service_args: dict[str, list[str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, names: list[str] | None = None) -> None:
@@ -55,7 +58,7 @@ class ServiceGroup:
         env.setdefault("SHARDBUS_HOLDERS_ON_STOP", self.holders_on_stop)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
-            [sys.executable, *SERVICES[name]],
+            [sys.executable, *SERVICES[name], *self.service_args.get(name, [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
