@@ -20,6 +20,11 @@ and these variables:
 | SHARDBUS_FETCH_WINDOW_S | time holders and reassembler have per operation, in seconds | 5 |
 | SHARDBUS_HOLDER_MAX_SILENCE_S | a holder whose last heartbeat is older is counted dead, in seconds | 10 |
 | SHARDBUS_PROVISION_TIMEOUT_S | time the provisioner has to provide per-operation holders, in seconds | 10 |
+| SHARDBUS_HOLDER_REPAIR | "on" or "off": replace failed pooled holders (provisioner.repair) | on |
+
+The authorizer also runs the holder repair: an agent on ``{p}.lifecycle``
+that restores the fragment of each failed pooled holder onto a new holder
+(see provisioner.repair), because only the master key opens the backups.
 """
 
 from __future__ import annotations
@@ -44,11 +49,14 @@ from shardbus.errors import ConfigError, DecodeError, Denied
 from shardbus.kafka import ensure_topics
 from shardbus.policy import Policy, load_policy
 from shardbus.store.mapping import MappingTable, VersionRecord
+from provisioner.api import ProvisionerClient
 from provisioner.registry import HolderRegistry, HolderState
+from provisioner.repair import HolderAcks, HolderRepair, pooled_holder_request
 from streams.admission import DEFAULT_MAX_SKEW_S, Admission, RequestChecks
 from streams.app import DEFAULT_PARTITIONS, LARGE_RECORD_CONFIG, make_app, raw_topic, run_main, run_until_stopped
+from streams.agents import ReliableProducer, handle_in_order
 from streams.denials import Denials, readable_ids
-from streams.handling import InputRecord, RepeatedFailureLog, is_retriable, retrying
+from streams.handling import InputRecord, RepeatedFailureLog, is_retriable
 from shardbus.deployment import load_reassembler_public
 from streams.outbox import Outbox, SendFn
 from streams.planning import FetchTarget, Planner
@@ -70,6 +78,7 @@ class AuthorizerOptions:
     provision_timeout_s: float = 10.0
     max_skew_s: int = DEFAULT_MAX_SKEW_S
     partitions: int = DEFAULT_PARTITIONS
+    repair_holders: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AuthorizerOptions:
@@ -87,7 +96,10 @@ class AuthorizerOptions:
                     raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected seconds as a number") from None
                 if values[field_name] <= 0:
                     raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected a positive number of seconds")
-        return cls(**values)
+        repair = env.get("SHARDBUS_HOLDER_REPAIR", "on")
+        if repair not in ("on", "off"):
+            raise ConfigError(f"SHARDBUS_HOLDER_REPAIR={repair!r} is invalid: expected on or off")
+        return cls(**values, repair_holders=repair == "on")
 
 
 class Authorizer:
@@ -250,7 +262,7 @@ class Authorizer:
                 log.warning("holder %s has an unusable public key in the registry: %s", placement.holder_id, exc)
                 dead.append(placement.holder_id)
                 continue
-            targets.append(FetchTarget(placement.holder_id, placement.index, public_key, placement.holder_id))
+            targets.append(FetchTarget(placement.holder_id, placement.index, public_key, placement.fragment_key_slot))
         return targets, dead
 
     async def handle_provisioned(self, record: InputRecord) -> None:
@@ -264,38 +276,28 @@ class Authorizer:
         await self.provisioning.handle_reply(reply)
 
 
-def build_app(app: faust.App, authorizer: Authorizer, stopped: asyncio.Event) -> None:
-    """Attach the authorizer's agents and timer to a faust app."""
+def build_app(
+    app: faust.App, authorizer: Authorizer, stopped: asyncio.Event, repair: HolderRepair | None = None
+) -> None:
+    """Attach the authorizer's agents and timer to a faust app, and the repair agent if `repair` is given."""
     requests = raw_topic(app, authorizer.topics.requests)
     provisioned = raw_topic(app, authorizer.provisioning.reply_topic)
 
     @app.agent(requests, name="authorizer.requests")
     async def authorize(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            record = _input_record(event)
-            try:
-                await retrying(
-                    f"request at {record.partition}:{record.offset}",
-                    lambda: authorizer.handle_request(record),
-                    stop=stopped,
-                )
-            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
-                log.exception("failed to handle the request at %s[%d]@%d; skipped it",
-                              record.topic, record.partition, record.offset)
+        await handle_in_order(stream, authorizer.handle_request, stopped=stopped, what="request")
 
     @app.agent(provisioned, name="authorizer.provisioned")
     async def load_holders(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            record = _input_record(event)
-            try:
-                await retrying(
-                    f"provision reply at {record.partition}:{record.offset}",
-                    lambda: authorizer.handle_provisioned(record),
-                    stop=stopped,
-                )
-            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
-                log.exception("failed to handle the provision reply at %s[%d]@%d; skipped it",
-                              record.topic, record.partition, record.offset)
+        await handle_in_order(stream, authorizer.handle_provisioned, stopped=stopped, what="provision reply")
+
+    if repair is not None:
+        lifecycle = raw_topic(app, authorizer.topics.lifecycle)
+
+        @app.agent(lifecycle, name="authorizer.repair")
+        async def repair_holders(stream: faust.StreamT) -> None:
+            await handle_in_order(stream, lambda record: repair.handle_encoded(record.value), stopped=stopped,
+                                  what="lifecycle event")
 
     failures = RepeatedFailureLog(log, "expiring pending provision requests")
 
@@ -307,11 +309,6 @@ def build_app(app: faust.App, authorizer: Authorizer, stopped: asyncio.Event) ->
             failures.failed(exc)
         else:
             failures.succeeded()
-
-
-def _input_record(event: faust.EventT) -> InputRecord:
-    message = event.message
-    return InputRecord(message.topic, message.partition, message.offset, message.key, message.value)
 
 
 async def serve(
@@ -331,16 +328,34 @@ async def serve(
     app = make_app(f"{settings.topic_prefix}-authorizer", settings.kafka_bootstrap)
     redis = Redis.from_url(settings.redis_url)
     topic_check = TopicCheck(settings.kafka_bootstrap)
-
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        await app.producer.send_and_wait(topic, key, value, None, None, None)
+    producer = ReliableProducer(settings.kafka_bootstrap, client_id="authorizer")
+    prefix = redis_prefix or settings.topic_prefix
 
     authorizer = Authorizer(
         policy=policy, master_key=master_key, reassembler_key=reassembler_key, redis=redis,
-        redis_prefix=redis_prefix or settings.topic_prefix, topics=topics, send=send,
-        topic_check=topic_check, options=options,
+        redis_prefix=prefix, topics=topics, send=producer.send, topic_check=topic_check, options=options,
     )
-    build_app(app, authorizer, stopped)
+    provisioner_client = ProvisionerClient(settings.kafka_bootstrap, topics)
+    acks = HolderAcks(settings.kafka_bootstrap, topics, producer.send)
+    repair = None
+    if options.repair_holders:
+        repair = HolderRepair(
+            mapping=MappingTable(redis, master_key, prefix),
+            registry=HolderRegistry(redis, prefix),
+            request_holder=pooled_holder_request(provisioner_client),
+            store_fragment=acks.store,
+            announce=lambda event: authorizer.outbox.send(topics.lifecycle, event),
+            audit=authorizer.outbox.audit,
+            clock_ms=authorizer.outbox.now_ms,
+        )
+    build_app(app, authorizer, stopped, repair)
+
+    async def start() -> None:
+        await producer.start()
+        await create_topics()
+        if repair is not None:
+            await provisioner_client.start()
+            await acks.start()
 
     async def create_topics() -> None:
         bootstrap = settings.kafka_bootstrap
@@ -352,14 +367,17 @@ async def serve(
         await ensure_topics(bootstrap, [topics.replies(app_id) for app_id in policy.apps], config=LARGE_RECORD_CONFIG)
 
     async def close() -> None:
+        await acks.close()
+        await provisioner_client.close()
+        await producer.stop()
         await topic_check.close()
         await redis.aclose()
 
     log.info(
-        "authorizer for prefix %s: %d registered apps, master key version %d",
-        topics.prefix, len(policy.apps), master_key.version,
+        "authorizer for prefix %s: %d registered apps, master key version %d, holder repair %s",
+        topics.prefix, len(policy.apps), master_key.version, "on" if repair is not None else "off",
     )
-    await run_until_stopped(app, stopped, on_start=create_topics, on_stop=close)
+    await run_until_stopped(app, stopped, on_start=start, on_stop=close)
 
 
 def main() -> None:

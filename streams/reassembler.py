@@ -64,7 +64,8 @@ from streams.app import (
     run_until_stopped,
 )
 from streams.assembly import FragmentRejected, open_context, open_fragment, seal_lease
-from streams.handling import InputRecord, RepeatedFailureLog, retrying
+from streams.agents import ReliableProducer, handle_in_order
+from streams.handling import InputRecord, RepeatedFailureLog
 from streams.opstate import OperationState, OperationStore
 from streams.outbox import Outbox, SendFn
 from streams.replies import ReplyLedger
@@ -329,18 +330,8 @@ def build_app(app: faust.App, reassembler: Reassembler, stopped: asyncio.Event) 
 
     @app.agent(inputs, name="reassembler.inputs")
     async def reassemble(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            record = InputRecord(message.topic, message.partition, message.offset, message.key, message.value)
-            try:
-                await retrying(
-                    f"{record.topic} record at {record.partition}:{record.offset}",
-                    lambda: reassembler.handle(record),
-                    stop=stopped,
-                )
-            except Exception:  # noqa: BLE001 - one bad record must not stop the agent.
-                # The operation's deadline still ends it with a final reply.
-                log.exception("failed to handle %s[%d]@%d; skipped it", record.topic, record.partition, record.offset)
+        # A skipped record's operation still ends with a final reply when its deadline passes.
+        await handle_in_order(stream, reassembler.handle, stopped=stopped, what="record")
 
     failures = RepeatedFailureLog(log, "sending the final replies of operations past their deadline")
 
@@ -366,14 +357,16 @@ async def serve(
     topics = Topics(settings.topic_prefix)
     app = make_app(f"{settings.topic_prefix}-reassembler", settings.kafka_bootstrap)
     redis = Redis.from_url(settings.redis_url)
-
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        await app.producer.send_and_wait(topic, key, value, None, None, None)
+    producer = ReliableProducer(settings.kafka_bootstrap, client_id="reassembler")
 
     reassembler = Reassembler(
-        keys=keys, redis=redis, redis_prefix=redis_prefix or settings.topic_prefix, topics=topics, send=send
+        keys=keys, redis=redis, redis_prefix=redis_prefix or settings.topic_prefix, topics=topics, send=producer.send
     )
     build_app(app, reassembler, stopped)
+
+    async def start() -> None:
+        await producer.start()
+        await create_topics()
 
     async def create_topics() -> None:
         bootstrap = settings.kafka_bootstrap
@@ -382,10 +375,11 @@ async def serve(
         await ensure_topics(bootstrap, [topics.lifecycle, topics.audit, topics.deadletter], partitions=partitions)
 
     async def close() -> None:
+        await producer.stop()
         await redis.aclose()
 
     log.info("reassembler for prefix %s with a %s key", topics.prefix, keys.kem)
-    await run_until_stopped(app, stopped, on_start=create_topics, on_stop=close)
+    await run_until_stopped(app, stopped, on_start=start, on_stop=close)
 
 
 def main() -> None:
