@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class HolderTls:
+    """A holder's own TLS identity towards Kafka, all PEM."""
+
+    ca_pem: bytes
+    certificate_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HolderSpec:
     """The settings a backend needs to start one holder.
 
     ``kafka_bootstrap`` and ``topic_prefix`` are the only settings a holder
-    reads. It needs neither Redis nor the deployment folder.
+    reads, with ``tls`` when Kafka requires mutual TLS: the backend hands
+    the holder those files and points SHARDBUS_KAFKA_TLS_* at them. A holder
+    needs neither Redis nor the deployment folder.
     """
 
     holder_id: str
@@ -26,6 +37,7 @@ class HolderSpec:
     topic_prefix: str
     heartbeat_interval_s: float = 2.0
     kem: str = "x25519"
+    tls: HolderTls | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

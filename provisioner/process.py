@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import holders
-from provisioner.backend import HolderBackend, HolderSpec, BackendStatus
+from provisioner.backend import BackendStatus, HolderBackend, HolderSpec, HolderTls
 from shardbus.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,26 @@ class _Process:
         return self.popen is None
 
 
+def _write_tls_files(tls: HolderTls, workdir: Path) -> dict[str, str]:
+    """Write the holder's TLS files into its private working folder; return the variables naming them.
+
+    The folder is removed when the holder stops, and the key never leaves it.
+    """
+    files = {
+        "SHARDBUS_KAFKA_TLS_CA": ("ca.pem", tls.ca_pem),
+        "SHARDBUS_KAFKA_TLS_CERT": ("holder.pem", tls.certificate_pem),
+        "SHARDBUS_KAFKA_TLS_KEY": ("holder.key", tls.key_pem),
+    }
+    env = {}
+    for variable, (name, data) in files.items():
+        path = workdir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        env[variable] = str(path)
+    return env
+
+
 class ProcessBackend(HolderBackend):
     """Runs each holder as an OS process that outlives the provisioner.
 
@@ -91,7 +111,7 @@ class ProcessBackend(HolderBackend):
         self._processes: dict[str, _Process] = {}
 
     def _environment(self, spec: HolderSpec, workdir: Path) -> dict[str, str]:
-        return {
+        env = {
             "SHARDBUS_KAFKA_BOOTSTRAP": spec.kafka_bootstrap,
             "SHARDBUS_TOPIC_PREFIX": spec.topic_prefix,
             "PYTHONPATH": _SOURCE_ROOT,
@@ -100,6 +120,9 @@ class ProcessBackend(HolderBackend):
             "HOME": str(workdir),
             "TMPDIR": str(workdir),
         }
+        if spec.tls is not None:
+            env.update(_write_tls_files(spec.tls, workdir))
+        return env
 
     async def start(self, spec: HolderSpec) -> BackendStatus:
         if spec.holder_id in self._processes:

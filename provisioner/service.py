@@ -40,6 +40,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -66,8 +67,11 @@ from schemas.holders import (
 )
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import RELIABLE_PRODUCER, ensure_topics
+from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics
 from shardbus.readiness import mark_ready
+
+if TYPE_CHECKING:
+    from provisioner.access import HolderAccess
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,11 @@ class Provisioner:
         clock_ms: Callable[[], int] = _now_ms,
         make_holder_id: Callable[[], str] = new_holder_id,
         on_holder_failed: FailureHook = _no_action,
+        access: HolderAccess | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        #: Issues holder certificates and ACLs when Kafka requires mutual TLS.
+        self.access = access
         self.topics = topics
         self.backend = backend
         self.config = config
@@ -112,6 +119,8 @@ class Provisioner:
             target=config.pool_size, ready_timeout_s=config.ready_timeout_s, make_holder_id=make_holder_id,
         )
         self.supervisor.pool = self.pool
+        if access is not None:
+            self.supervisor.revoke_access = access.revoke
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,12 +129,15 @@ class Provisioner:
         self.ready = asyncio.Event()
 
     def _spec_for(self, holder_id: str) -> HolderSpec:
+        tls = self.access.credentials(holder_id) if self.access is not None else None
         return HolderSpec(holder_id, self._bootstrap, self.topics.prefix,
-                          self.config.heartbeat_interval_s, self.config.kem)
+                          self.config.heartbeat_interval_s, self.config.kem, tls=tls)
 
     async def _create_holder_topics(self, holder_ids: list[str]) -> None:
         await ensure_topics(self._bootstrap, [self.topics.holder(h) for h in holder_ids],
                             config=HOLDER_TOPIC_CONFIG)
+        if self.access is not None:
+            await self.access.grant(holder_ids)
 
     # -- running ----------------------------------------------------------------
 
@@ -138,9 +150,9 @@ class Provisioner:
         consumed = [self.topics.provisioner, self.topics.heartbeats, self.topics.lifecycle]
         await ensure_topics(self._bootstrap, consumed + [self.topics.deadletter])
         self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner",
-                                          **RELIABLE_PRODUCER)
+                                          **RELIABLE_PRODUCER, **client_options())
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, client_id="provisioner",
-                                          group_id=None, enable_auto_commit=False)
+                                          group_id=None, enable_auto_commit=False, **client_options())
         await self._producer.start()
         try:
             await self._consumer.start()
@@ -244,6 +256,11 @@ class Provisioner:
         except RedisError as exc:
             log.error("could not handle %s from %s[%d]@%d, Redis failed: %s", message.type_name,
                       record.topic, record.partition, record.offset, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the provisioner.
+            log.exception("failed to handle %s from %s[%d]@%d", message.type_name,
+                          record.topic, record.partition, record.offset)
+            await self._dead_letter(record.topic, record.partition, record.offset, payload,
+                                    f"the provisioner failed on this {message.type_name}: {type(exc).__name__}")
 
     async def _on_lifecycle(self, event: LifecycleEvent) -> None:
         named = set(event.holders) | ({event.holder_id} if event.holder_id else set())

@@ -64,6 +64,8 @@ class HolderSupervisor:
         self._clock_ms = clock_ms
         #: Set by the provisioner once the pool exists, because the pool calls back into fail_holder.
         self.pool: WarmPool | None = None
+        #: Set by the provisioner when holders have certificates: deletes a holder's ACLs.
+        self.revoke_access: Callable[[str], Awaitable[None]] | None = None
         self._keys: dict[str, bytes] = {}
         self._last_seen: dict[str, float] = {}
         self._failed: set[str] = set()
@@ -177,6 +179,9 @@ class HolderSupervisor:
         self._per_operation_since.pop(holder_id, None)
 
     async def _delete_topic(self, holder_id: str) -> None:
+        # Every path that ends a holder deletes its topic here, so its ACLs go too.
+        if self.revoke_access is not None:
+            await self.revoke_access(holder_id)
         try:
             await delete_topics(self._bootstrap, [self._topics.holder(holder_id)])
         except KafkaError as exc:
