@@ -25,7 +25,7 @@ from schemas import codec
 from schemas.holders import HolderLifecycle, ProvisionReply, ProvisionRequest
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import RELIABLE_PRODUCER, ensure_topics
+from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ class ProvisionerClient:
     async def start(self) -> None:
         """Connect to Kafka and start reading the reply topic from its end."""
         await ensure_topics(self._bootstrap, [self.reply_topic, self._topics.provisioner])
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **RELIABLE_PRODUCER)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **RELIABLE_PRODUCER, **client_options())
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+                                    **client_options())
         try:
             await producer.start()
             await consumer.start()
