@@ -7,6 +7,11 @@ provisioner. The holders that are ready keep running, and the next
 provisioner for the prefix adopts them; ``--on-stop teardown`` (or
 SHARDBUS_HOLDERS_ON_STOP=teardown) tears every holder down instead.
 
+When SHARDBUS_KAFKA_TLS_* are set, the provisioner issues every holder it
+starts a certificate of its own from the deployment CA, valid for
+SHARDBUS_HOLDER_CERT_HOURS (default 4), with the ACLs of the holder role,
+and deletes those ACLs when the holder ends (see ``provisioner.access``).
+
 ``--backend microvm`` runs each holder in its own QEMU microVM (see
 ``provisioner.microvm``; ``scripts/microvm-setup`` installs what it needs).
 Its pool size and ready timeout then default to values sized for VMs.
@@ -112,16 +117,20 @@ def _backend(args: argparse.Namespace, log_dir: Path) -> HolderBackend:
 async def _run(args: argparse.Namespace) -> None:
     from redis.asyncio import Redis
 
+    from provisioner.access import HolderAccess
     from provisioner.service import Provisioner
     from schemas.topics import Topics
     from shardbus.config import Settings
 
     settings = Settings.from_env()
     log_dir = args.log_dir or settings.home / "logs" / "holders"
+    # With mutual TLS on, each holder gets a certificate and ACLs of its own.
+    access = HolderAccess.from_settings(settings)
     redis = Redis.from_url(settings.redis_url)
     try:
         service = Provisioner(
             settings.kafka_bootstrap, Topics(settings.topic_prefix), _backend(args, log_dir), redis, args.config,
+            access=access,
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -129,6 +138,8 @@ async def _run(args: argparse.Namespace) -> None:
         await service.run()
     finally:
         await redis.aclose()
+        if access is not None:
+            await access.close()
 
 
 def main(argv: list[str] | None = None) -> int:
