@@ -46,6 +46,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.base import MAX_MESSAGE_SIZE
 from shardbus.errors import ConfigError, ShardbusError
+from shardbus.kafka import client_options
 from shardbus.readiness import mark_ready
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,18 @@ LARGE_RECORD_CONFIG = {"max.message.bytes": str(_FETCH_SIZE)}
 
 
 def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
-    """Create a faust app with the settings every shardbus stream service uses."""
+    """Create a faust app with the settings every shardbus stream service uses.
+
+    With the SHARDBUS_KAFKA_TLS_* variables set, its consumer and producer
+    connect with mutual TLS (faust takes the SSL context as its broker
+    credentials).
+    """
+    options = client_options()
+    credentials = {"broker_credentials": options["ssl_context"]} if "ssl_context" in options else {}
     return faust.App(
         app_id,
         broker=f"kafka://{kafka_bootstrap}",
+        **credentials,
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
@@ -94,7 +103,7 @@ async def check_copartitioned(bootstrap: str, first: str, second: str) -> int:
     have the same count, and creating topics never changes the count of a
     topic that exists already.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         described = {topic["topic"]: len(topic["partitions"]) for topic in await admin.describe_topics([first, second])}

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shardbus.kafka import client_options
+
 log = logging.getLogger(__name__)
 
 #: How long a "topic does not exist" answer is reused, in seconds.
@@ -36,7 +38,7 @@ class TopicCheck:
         if self._clock() - self._listed_at < NEGATIVE_CACHE_S:
             return False
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **client_options())
             await self._admin.start()
         self._known = set(await self._admin.list_topics())
         self._listed_at = self._clock()
