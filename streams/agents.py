@@ -43,9 +43,14 @@ MAX_REQUEST_SIZE = MAX_MESSAGE_SIZE + 64 * 1024
 
 
 def input_record(event: faust.EventT) -> InputRecord:
-    """Return the consumed record of a faust event."""
+    """Return the consumed record of a faust event; a tombstone's missing value becomes empty bytes.
+
+    Any producer allowed on the topic can send a tombstone, and the handlers
+    then dead-letter it like any other record that does not decode.
+    """
     message = event.message
-    return InputRecord(message.topic, message.partition, message.offset, message.key, message.value)
+    value = message.value if message.value is not None else b""
+    return InputRecord(message.topic, message.partition, message.offset, message.key, value)
 
 
 async def handle_in_order(stream: faust.StreamT, handle: Handler, *, stopped: asyncio.Event, what: str) -> None:
