@@ -26,6 +26,7 @@ from schemas.topics import Topics
 from shardbus.crypto import aead
 from shardbus.crypto.keys import MasterKey
 from shardbus.errors import ConfigError, DecodeError, ServiceUnavailable
+from shardbus.kafka import client_options
 from shardbus.sharing.fragmentation import Policy, split_secret
 from shardbus.store.mapping import BACKUP_SLOT, LIFECYCLES, MappingTable, Placement, SecretRecord, VersionRecord
 
@@ -196,7 +197,7 @@ class SecretStore:
             detail="fragments destroyed; the holders may be torn down",
             holders=tuple(p.holder_id for p in version.placements),
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **client_options())
         await producer.start()
         try:
             await producer.send_and_wait(self._topics.lifecycle, codec.encode(event), key=name.encode())
@@ -205,8 +206,9 @@ class SecretStore:
 
     async def _send_and_await_acks(self, commands: Sequence[StoreFragment | DestroyFragment]) -> list[str]:
         """Send each command to its holder; return the holders that did not ack in time."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, **client_options())
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
+                                    **client_options())
         await consumer.start()
         await producer.start()
         try:
