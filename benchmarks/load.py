@@ -107,6 +107,30 @@ class LoadRun:
 
         return await run_open_loop(rate, duration_s, fire, drain_s=self.timeout_s + 2)
 
+    async def settle(self, name: str, *, timeout_s: float = 120.0) -> None:
+        """Wait until one request gets its lease within a second, so the last run's queues have drained."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                (await self.clients[0].request(name)).release()
+            except (Denied, ServiceUnavailable):
+                pass
+            else:
+                if time.monotonic() - started < 1.0:
+                    return
+            await asyncio.sleep(1.0)
+        print(f"{'':>10} (the services were still busy {timeout_s:g} s after the last run)", flush=True)
+
+    async def idle(self, duration_s: float) -> None:
+        """Print the CPU and RSS of each process group while no requests are sent."""
+        self.meter.start()
+        await asyncio.sleep(duration_s)
+        usage = self.meter.stop(duration_s)
+        parts = [f"{name} {cpu:.0f}% {rss / 2**20:.0f} MB" for name, (cpu, rss, _) in usage.items()]
+        print(f"idle for {duration_s:g} s, cpu/rss: {'; '.join(parts)}; load average {procstats.loadavg()}",
+              flush=True)
+
     async def measure(self, label: str, names: list[str], rate: float, duration_s: float) -> Results:
         """Drive one rate, then print its latency row and the CPU and RSS of each process group."""
         load_before = procstats.loadavg()
@@ -174,6 +198,8 @@ async def rates_command(arguments: argparse.Namespace) -> None:
         stored = {}
         for policy in arguments.policies:
             stored[policy] = await _store(run, policy, arguments.secrets)
+        if arguments.idle > 0:
+            await run.idle(arguments.idle)
         real_count = sum(len(names) for names in stored.values())
         first_name = stored[arguments.policies[0]][0]
         filled = real_count
@@ -194,6 +220,7 @@ async def rates_command(arguments: argparse.Namespace) -> None:
                     label = f"{policy.threshold}-of-{policy.fragments}"
                     print(f"\n{label}, {filled} records in the mapping table\n{_HEADER}")
                     for rate in arguments.rates:
+                        await run.settle(stored[policy][0])
                         results = await run.measure(label, stored[policy], rate, arguments.duration)
                         floor_results = None
                         if floor is not None:
@@ -241,8 +268,7 @@ async def sustain_command(arguments: argparse.Namespace) -> None:
             if bad - good <= max(arguments.precision * good, 1):
                 break
             rate = rate * 2 if bad == float("inf") else round((good + bad) / 2)
-            # Let queues from a failed run drain before the next one.
-            await asyncio.sleep(5)
+            await run.settle(names[0])
 
     await _with_deployment(arguments, body)
     print(f"\n{'rate/s':>7} {'leases/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'pass':>5}  errors")
@@ -286,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     rates.add_argument("--stored", type=_ints, default=None,
                        help="comma-separated mapping table sizes to run at, ascending; filler records make up the count")
     rates.add_argument("--floor", action="store_true", help="run the four-hop floor at each rate too")
+    rates.add_argument("--idle", type=float, default=10.0,
+                       help="seconds of CPU measurement with no load before the first rate; 0 skips it (default 10)")
 
     sustain = sub.add_parser("sustain", help="search for the largest rate with p99 under 100 ms")
     sustain.add_argument("--policy", type=parse_policy, default=parse_policy("3-of-5"))
