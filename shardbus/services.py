@@ -28,11 +28,16 @@ SERVICES = {
 
 @dataclass
 class ServiceGroup:
-    """The three services of one deployment, started with the same environment."""
+    """The three services of one deployment, started with the same environment.
+
+    `service_env` adds variables for one service only, such as the Kafka
+    certificate and the Redis user of its role in a TLS deployment.
+    """
 
     env: dict[str, str]
     log_dir: Path
     ready_timeout_s: float = 90.0
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     #: The provisioner's SHARDBUS_HOLDERS_ON_STOP when `env` does not set it.
     #: The demo, the tests and the benchmarks run throwaway deployments, so
     #: their holders are torn down when the provisioner stops.
@@ -54,6 +59,7 @@ class ServiceGroup:
         ready_file = self.log_dir / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
         env = dict(self.env)
+        env.update(self.service_env.get(name, {}))
         env[READY_FILE_ENV] = str(ready_file)
         env.setdefault("SHARDBUS_HOLDERS_ON_STOP", self.holders_on_stop)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
