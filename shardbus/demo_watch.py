@@ -10,13 +10,14 @@ from schemas import codec
 from schemas.messages import LifecycleEvent
 from schemas.topics import Topics
 from shardbus.errors import DecodeError
+from shardbus.kafka import client_options
 
 
 class LifecycleWatcher:
     """Collects lifecycle events published after it starts."""
 
     def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options())
         self._topic = topics.lifecycle
 
     async def __aenter__(self) -> LifecycleWatcher:
