@@ -98,7 +98,7 @@ class BenchDeployment:
         async with open_store(self.settings) as store:
             await store.put(name, secrets.token_bytes(size), policy, "pooled")
 
-    async def add_filler_records(self, template_name: str, count: int, *, batch: int = 1000) -> None:
+    async def add_filler_records(self, template_name: str, count: int, *, batch: int = 64) -> None:
         """Write `count` mapping records named ``bench/filler-N``, copies of `template_name`'s record.
 
         Each is sealed under the master key like a real record, so the
