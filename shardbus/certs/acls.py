@@ -146,6 +146,10 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
         grants.topic_prefix(Operation.WRITE, reply_topics)
         grants.topics(Operation.CREATE, topics.requests, topics.provisioner, topics.lifecycle, topics.deadletter,
                       provisioned_topic(topics), topics.plans, topics.fragments)
+        # Holder repair asks the provisioner for a replacement holder, loads
+        # it and waits for its acknowledgement on lifecycle.
+        grants.topics(Operation.READ, provisioner_replies_topic(topics), topics.lifecycle)
+        grants.topics(Operation.CREATE, provisioner_replies_topic(topics))
         grants.topics(Operation.DESCRIBE, topics.fragments)
         grants.topic_prefix(Operation.CREATE, reply_topics)
         grants.audit(topics)

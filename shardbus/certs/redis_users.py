@@ -8,12 +8,16 @@ Redis, so they get no user.
 
 | Keys | authorizer | reassembler | provisioner | controller |
 |---|---|---|---|---|
-| ``{p}:secret:*``, ``{p}:secrets`` (mapping table) | read | - | - | read, write |
+| ``{p}:secret:*`` (mapping table records) | read, write | - | - | read, write |
+| ``{p}:secrets`` (mapping table index) | read | - | - | read, write |
 | ``{p}:backup:*`` (sealed fragments) | read | - | - | read, write |
 | ``{p}:seen:*``, ``{p}:pending*`` | read, write | - | - | - |
 | ``{p}:replied:*`` (reply claims) | read, write | read, write | - | - |
 | ``{p}:op:*``, ``{p}:deadlines`` | - | read, write | - | - |
 | ``{p}:holder:*``, ``{p}:holders:*`` (registry) | read | - | read, write | - |
+
+The authorizer writes mapping table records because its holder repair moves
+a fragment's placement to a replacement holder.
 
 Each role may run every command except those in the ``@admin`` and
 ``@dangerous`` categories (CONFIG, ACL, FLUSHALL, KEYS, ...), and no Pub/Sub
@@ -57,8 +61,8 @@ def key_access(prefix: str, role: str) -> KeyAccess:
     registry = (f"{prefix}:holder:*", f"{prefix}:holders:*")
     replies = (f"{prefix}:replied:*",)
     if role == "authorizer":
-        own = (f"{prefix}:seen:*", f"{prefix}:pending:*", f"{prefix}:pending-deadlines")
-        return KeyAccess(own + replies, mapping + registry)
+        own = (f"{prefix}:seen:*", f"{prefix}:pending:*", f"{prefix}:pending-deadlines", f"{prefix}:secret:*")
+        return KeyAccess(own + replies, (f"{prefix}:secrets", f"{prefix}:backup:*") + registry)
     if role == "reassembler":
         return KeyAccess((f"{prefix}:op:*", f"{prefix}:deadlines") + replies)
     if role == "provisioner":

@@ -44,7 +44,8 @@ def test_holder_reads_only_own_topic():
 @pytest.mark.parametrize(
     ("role", "reads"),
     [
-        ("authorizer", {"sb.requests", "sb.authorizer.provisioned", "sb.audit"}),
+        ("authorizer", {"sb.requests", "sb.authorizer.provisioned", "sb.provisioner.replies", "sb.lifecycle",
+                        "sb.audit"}),
         ("reassembler", {"sb.plans", "sb.fragments", "sb.audit"}),
         ("provisioner", {"sb.provisioner", "sb.heartbeats", "sb.lifecycle", "sb.audit"}),
         ("controller", {"sb.lifecycle", "sb.provisioner.replies", "sb.audit"}),

@@ -13,12 +13,14 @@ def test_reassembler_keys_exclude_mapping_table():
     assert access.rules() == ["~sb:op:*", "~sb:deadlines", "~sb:replied:*"]
 
 
-def test_authorizer_reads_mapping_table_only():
+def test_authorizer_reads_backups_only():
     rules = redis_users.key_access("sb", "authorizer").rules()
 
-    assert "%R~sb:secret:*" in rules
+    # Holder repair rewrites a record's placements, but backups stay read-only.
+    assert "~sb:secret:*" in rules
     assert "%R~sb:backup:*" in rules
-    assert "~sb:secret:*" not in rules
+    assert "~sb:backup:*" not in rules
+    assert "%R~sb:holder:*" in rules
     assert "~sb:seen:*" in rules
 
 

@@ -52,15 +52,15 @@ def test_reassembler_cannot_read_mapping_table(role_urls, topic_prefix):
         reassembler.close()
 
 
-def test_authorizer_reads_but_cannot_write_mapping(role_urls, topic_prefix):
+def test_authorizer_cannot_write_backups(role_urls, topic_prefix):
     controller = redis.Redis.from_url(role_urls["controller"])
     authorizer = redis.Redis.from_url(role_urls["authorizer"])
     try:
-        controller.set(f"{topic_prefix}:secret:tag", b"sealed record")
+        controller.set(f"{topic_prefix}:backup:tag:1:1", b"sealed fragment")
 
-        assert authorizer.get(f"{topic_prefix}:secret:tag") == b"sealed record"
+        assert authorizer.get(f"{topic_prefix}:backup:tag:1:1") == b"sealed fragment"
         with pytest.raises(NoPermissionError):
-            authorizer.set(f"{topic_prefix}:secret:tag", b"forged")
+            authorizer.set(f"{topic_prefix}:backup:tag:1:1", b"forged")
         with pytest.raises(NoPermissionError):
             authorizer.set(f"{topic_prefix}:holder:h1", b"forged")
         authorizer.set(f"{topic_prefix}:seen:op1", b"1")
