@@ -42,10 +42,12 @@ def readable_ids(payload: bytes) -> tuple[str, str] | None:
     """Return (operation id, app id) from an undecodable request, if both can be read.
 
     The payload failed strict decoding, so it is unpacked leniently, and the
-    two ids are kept only when each matches its pattern.
+    two ids are kept only when each matches its pattern. Binary fields are
+    allowed, because every request has some (its keys and signature), and
+    msgpack bounds each by the payload's own length.
     """
     try:
-        document: Any = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_bin_len=0, max_ext_len=0)
+        document: Any = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_ext_len=0)
     except Exception:  # noqa: BLE001 - any failure only means that no ids can be read.
         return None
     if not isinstance(document, dict):

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
+from schemas import codec
 from schemas.messages import (
     AuditRecord,
     DeadLetter,
@@ -185,6 +186,27 @@ async def test_invalid_request_answered(env: Env):
     reply = await _error_reply(env, "billing", operation_id)
 
     assert reply.reason == Reason.INVALID_REQUEST
+
+
+async def test_unsupported_operation_denied_audited(env: Env):
+    # The wire contract knows only "lease", so a signed request for another
+    # operation cannot even be encoded: it is re-packed with msgpack here.
+    topics = env.dep.topics
+    request, _ = signed_request("billing", env.dep.signing_keys["billing"], "db/password")
+    document = msgpack.unpackb(codec.encode(request))
+    document["operation"] = "export"
+    await env.producer.send_raw(topics.requests, msgpack.packb(document), key=request.operation_id.encode())
+
+    reply = await _error_reply(env, "billing", request.operation_id)
+    async with readers(env.dep.settings.kafka_bootstrap, topics.audit, topics.deadletter) as (audit, letters):
+        (denied,) = await audit.wait_for_type(AuditRecord, action="request.denied", operation_id=request.operation_id)
+        (letter,) = await letters.wait_for_type(DeadLetter)
+
+    assert reply.reason == Reason.INVALID_REQUEST
+    assert "OperationRequest.operation" in reply.detail
+    assert denied.reason == Reason.INVALID_REQUEST
+    assert letter.source_topic == topics.requests
+    assert "OperationRequest.operation" in letter.reason
 
 
 async def test_accepted_request_plans_and_fetches(env: Env):
