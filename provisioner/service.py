@@ -216,7 +216,11 @@ class Provisioner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         _, starting = await self.pool.close()
-        doomed = self.backend.holder_ids() if self.config.teardown_on_stop else starting
+        doomed = starting
+        if self.config.teardown_on_stop:
+            # A launch may still wait in backend.start(), so `starting` has
+            # holders the backend does not list yet, and their topics exist.
+            doomed = sorted(set(self.backend.holder_ids()) | set(starting))
         await asyncio.gather(*(self.teardown(h, "the provisioner is stopping") for h in doomed))
         left = len(self.backend.holder_ids())
         log.info("provisioner stopped: tore down %d holders, left %d running for the next provisioner to adopt",
