@@ -154,6 +154,12 @@ class MicroVMBackend(HolderBackend):
     that cannot run a stock guest kernel, so its presence proves nothing.
     `cache_dir` contains the kernel, busybox and initramfs that
     ``scripts/microvm-setup`` installs.
+
+    At most `max_booting` guests (default: one per CPU core) boot at once,
+    and start() waits for one of them to report its key before it launches
+    another. Booting is CPU-bound under TCG, so guests that boot together
+    only share the cores, and a burst of starts would make every one of
+    them ready late instead of the first ones early.
     """
 
     reports_public_key = True
@@ -169,6 +175,7 @@ class MicroVMBackend(HolderBackend):
         qemu: str = "qemu-system-x86_64",
         cache_dir: Path | None = None,
         probe_timeout_s: float = 10.0,
+        max_booting: int | None = None,
     ) -> None:
         if accelerator not in ("auto", "tcg", "kvm"):
             raise ValueError(f"accelerator must be auto, tcg or kvm, got {accelerator!r}")
@@ -184,6 +191,10 @@ class MicroVMBackend(HolderBackend):
         self._guests: dict[str, _Guest] = {}
         self._prepared: tuple[GuestImage, tuple[str, ...], str] | None = None
         self._prepare_lock = asyncio.Lock()
+        max_booting = max_booting or os.cpu_count() or 1
+        if max_booting < 1:
+            raise ValueError(f"max_booting must be at least 1, got {max_booting}")
+        self._boot_slots = asyncio.Semaphore(max_booting)
 
     @property
     def accelerator(self) -> str | None:
@@ -295,13 +306,18 @@ class MicroVMBackend(HolderBackend):
             f"shardbus.kem={spec.kem}",
         )
         console = self._log_dir / f"{spec.holder_id}.log"
+        await self._boot_slots.acquire()
         try:
             popen, control = self._launch(spec.holder_id, image, shares, forwards, accelerator, console, init_words)
+            reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
         except ValueError as exc:
+            self._boot_slots.release()
             raise ServiceUnavailable(f"cannot start holder {spec.holder_id}: {exc}") from None
-        reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
+        except BaseException:
+            self._boot_slots.release()
+            raise
         guest = _Guest(spec.holder_id, spec.kem, popen.pid, popen, control, writer)
-        guest.key_reader = asyncio.create_task(self._read_public_key(guest, reader), name=f"key-{spec.holder_id}")
+        guest.key_reader = asyncio.create_task(self._await_key(guest, reader), name=f"key-{spec.holder_id}")
         self._guests[spec.holder_id] = guest
         log.info("started holder %s in a %s microVM, qemu pid %d, log %s",
                  spec.holder_id, accelerator, popen.pid, console)
@@ -324,6 +340,14 @@ class MicroVMBackend(HolderBackend):
         self._guests[holder_id] = guest
         log.info("adopted holder %s running in the microVM of qemu pid %d", holder_id, qemu_pid)
         return self._status(guest)
+
+    async def _await_key(self, guest: _Guest, reader: asyncio.StreamReader) -> None:
+        # The boot slot is free once the key arrives, the guest fails or
+        # the holder is stopped, whichever comes first.
+        try:
+            await self._read_public_key(guest, reader)
+        finally:
+            self._boot_slots.release()
 
     @staticmethod
     async def _read_public_key(guest: _Guest, reader: asyncio.StreamReader) -> None:
