@@ -12,6 +12,10 @@ each step:
 5. stores a secret with per-operation holders, leases it, and watches its
    holders come and go.
 
+With ``--backend microvm`` every holder runs in its own QEMU microVM
+(``scripts/microvm-setup`` installs QEMU and the guest kernel), and the
+demo kills the VMs of two holders instead of their processes.
+
 Everything runs through the same code a deployment uses; nothing is faked.
 The secrets are random bytes, and the demo prints only their length and a
 short digest, never the value.
@@ -19,6 +23,7 @@ short digest, never the value.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import os
@@ -31,7 +36,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from provisioner.registry import HolderRegistry
+from provisioner.microvm import find_qemu_pid
+from provisioner.registry import HolderRecord, HolderRegistry, HolderState
 from schemas.topics import Topics
 from shardbus import deployment
 from shardbus.cli.secret_commands import open_store
@@ -41,6 +47,9 @@ from shardbus.demo_watch import LifecycleWatcher
 from shardbus.errors import ConfigError, Denied
 from shardbus.services import ServiceGroup
 from shardbus.sharing.fragmentation import Policy
+
+#: Warm pool of the microVM demo: the five holders that db/password takes.
+_MICROVM_POOL = 5
 
 _START_STACK = 'start the local stack with scripts/stack up && eval "$(scripts/stack env)", or run scripts/demo'
 
@@ -76,7 +85,14 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def run_demo(settings: Settings) -> None:
+def _holder_pid(holder_id: str, record: HolderRecord | None) -> int | None:
+    """Return the host process that runs a holder: the holder itself, or its QEMU."""
+    if record is not None and record.pid:
+        return record.pid
+    return find_qemu_pid(holder_id)
+
+
+async def run_demo(settings: Settings, backend: str = "process") -> None:
     topics = Topics(settings.topic_prefix)
     _step(1, f"creating a deployment in {settings.home} (topic prefix {settings.topic_prefix})")
     deployment.init_deployment(settings.home)
@@ -84,21 +100,42 @@ async def run_demo(settings: Settings) -> None:
     deployment.add_app(settings.home, "intruder", ["public/*"])
     print("    master key, reassembler key, audit key and policy.yaml written; apps billing and intruder registered")
 
-    group = ServiceGroup(env=service_env(settings), log_dir=settings.home / "logs")
-    _step(2, "starting the provisioner, the authorizer and the reassembler")
+    provisioner_args = ["--backend", backend]
+    if backend == "microvm":
+        # Storing db/password takes five holders at once, and a VM that
+        # boots on demand can take longer than the store's 30 s wait for
+        # the provisioner.
+        provisioner_args += ["--pool-size", str(_MICROVM_POOL)]
+    group = ServiceGroup(
+        env=service_env(settings), log_dir=settings.home / "logs",
+        # The provisioner is ready once its pool is full, and VMs boot slowly
+        # under software emulation.
+        ready_timeout_s=300.0 if backend == "microvm" else 90.0,
+        service_args={"provisioner": provisioner_args},
+    )
+    _step(2, f"starting the provisioner ({backend} holders), the authorizer and the reassembler")
     started = time.monotonic()
     group.start()
     print(f"    all three ready after {time.monotonic() - started:.1f} s; logs in {group.log_dir}")
     os.environ.update(service_env(settings))  # the store and client below read the same settings
     try:
-        await _scenario(settings, topics)
+        await _scenario(settings, topics, backend)
     finally:
         print("\nstopping the services (the provisioner tears down every holder it started)")
         group.stop()
     print(f"done. Logs: {group.log_dir}; the stack keeps running (scripts/stack down stops it)")
 
 
-async def _scenario(settings: Settings, topics: Topics) -> None:
+async def _wait_for_pool(registry: HolderRegistry, count: int, timeout_s: float = 300.0) -> None:
+    started = time.monotonic()
+    while len(await registry.ids_in_state(HolderState.POOL)) < count:
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"the warm pool had fewer than {count} ready holders after {timeout_s:g} s")
+        await asyncio.sleep(0.5)
+    print(f"    {count} VMs ready in the warm pool after {time.monotonic() - started:.1f} s")
+
+
+async def _scenario(settings: Settings, topics: Topics, backend: str = "process") -> None:
     from shardbus.kafka import ensure_topics
 
     await ensure_topics(settings.kafka_bootstrap, [topics.replies("billing"), topics.replies("intruder")])
@@ -111,8 +148,8 @@ async def _scenario(settings: Settings, topics: Topics) -> None:
         async with open_store(settings) as store:
             stored = await store.put("db/password", password, Policy(fragments=5, threshold=3), "pooled")
         for index, holder_id in enumerate(stored.holders, start=1):
-            record = await registry.get(holder_id)
-            print(f"    fragment {index} -> {holder_id} (pid {record.pid if record else '?'})")
+            pid = _holder_pid(holder_id, await registry.get(holder_id))
+            print(f"    fragment {index} -> {holder_id} (pid {pid or '?'})")
 
         billing = deployment.load_signing_key(settings.home / "apps" / "billing.key")
         intruder = deployment.load_signing_key(settings.home / "apps" / "intruder.key")
@@ -123,10 +160,10 @@ async def _scenario(settings: Settings, topics: Topics) -> None:
             victims = stored.holders[:2]
             _step(5, f"killing holders {', '.join(victims)} with SIGKILL, then leasing again (3 of 5 remain)")
             for holder_id in victims:
-                record = await registry.get(holder_id)
-                if record and record.pid:
-                    os.kill(record.pid, signal.SIGKILL)
-                    print(f"    killed {holder_id} (pid {record.pid})")
+                pid = _holder_pid(holder_id, await registry.get(holder_id))
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    print(f"    killed {holder_id} (pid {pid})")
             await _lease_and_check(client, "db/password", password)
 
             _step(6, "requesting db/password as intruder, which has no grant for it")
@@ -138,6 +175,11 @@ async def _scenario(settings: Settings, topics: Topics) -> None:
                     print(f"    denied: {exc.reason} ({exc.detail})")
 
             _step(7, f"storing payments/api-key ({_fingerprint(api_key)}) at 2-of-3 with per-operation holders")
+            if backend == "microvm":
+                # The authorizer waits 10 s for per-operation holders by
+                # default (SHARDBUS_PROVISION_TIMEOUT_S), less than a VM
+                # needs to boot, so the pool must have them ready.
+                await _wait_for_pool(registry, 3)
             async with open_store(settings) as store:
                 await store.put("payments/api-key", api_key, Policy(fragments=3, threshold=2), "per_operation")
             print("    fragments sealed in the backup store only; no holder has them yet")
@@ -163,11 +205,15 @@ async def _lease_and_check(client: ShardbusClient, name: str, expected: bytes) -
     print("    lease released; its buffer is zeroed")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shardbus.demo", description="Run the shardbus demo.")
+    parser.add_argument("--backend", choices=["process", "microvm"], default="process",
+                        help="run each holder as an OS process or in its own QEMU microVM (default process)")
+    args = parser.parse_args(argv)
     state_dir = Path(os.environ.get("SHARDBUS_DEMO_DIR", Path.home() / ".local/state/shardbus/demo"))
     try:
         settings = make_settings(state_dir)
-        asyncio.run(run_demo(settings))
+        asyncio.run(run_demo(settings, args.backend))
     except (ConfigError, Denied, AssertionError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

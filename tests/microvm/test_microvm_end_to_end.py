@@ -101,8 +101,10 @@ def vm_deployment(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Ite
         service_args={"provisioner": ["--backend", "microvm", "--pool-size", "3",
                                       "--ready-timeout", str(_READY_TIMEOUT_S)]},
     )
-    group.start()
     try:
+        # Inside the try, so that a service that fails to start does not
+        # leave the provisioner and its VMs running.
+        group.start()
         yield VMDeployment(settings, group)
     finally:
         group.stop()
