@@ -44,7 +44,15 @@ from pathlib import Path
 import holders
 from provisioner.backend import BackendStatus, HolderBackend, HolderSpec
 from provisioner.microvm_image import GuestImage, default_cache_dir, guest_image
-from provisioner.microvm_qemu import BrokerForward, GuestSettings, broker_forwards, host_shares, qemu_command, tsc_khz
+from provisioner.microvm_qemu import (
+    RELAY_MARK,
+    BrokerForward,
+    GuestSettings,
+    broker_forwards,
+    host_shares,
+    qemu_command,
+    tsc_khz,
+)
 from shardbus.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,6 +131,26 @@ def find_qemu_pid(holder_id: str) -> int | None:
     return None
 
 
+def find_relay_pids(holder_id: str) -> list[int]:
+    """Return the pids of the guestfwd relays that QEMU started for `holder_id`.
+
+    Each relay carries ``SHARDBUS_RELAY_FOR=<holder id>`` in its environment,
+    which only its own user (or root) can read.
+    """
+    mark = f"{RELAY_MARK}={holder_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                if mark in file.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 @dataclass
 class _Guest:
     holder_id: str
@@ -195,6 +223,7 @@ class MicroVMBackend(HolderBackend):
         if max_booting < 1:
             raise ValueError(f"max_booting must be at least 1, got {max_booting}")
         self._boot_slots = asyncio.Semaphore(max_booting)
+        self._env_program = Path("/usr/bin/env")
 
     @property
     def accelerator(self) -> str | None:
@@ -216,6 +245,10 @@ class MicroVMBackend(HolderBackend):
             if qemu is None:
                 raise ServiceUnavailable(f"{self._qemu} was not found on PATH; run scripts/microvm-setup")
             self._qemu = qemu
+            env_program = shutil.which("env")
+            if env_program is None:
+                raise ServiceUnavailable("env was not found on PATH; install coreutils")
+            self._env_program = Path(env_program)
             self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 image = guest_image(self._cache_dir, runtime_dir=self._cache_dir)
@@ -267,7 +300,8 @@ class MicroVMBackend(HolderBackend):
         settings = GuestSettings(
             name=name, kernel=image.kernel, initramfs=image.initramfs, accelerator=accelerator,
             memory_mib=self._memory_mib, shares=tuple(shares), forwards=tuple(forwards),
-            relay_program=self._cache_dir / "busybox", console_log=console, control_fd=guest_end.fileno(),
+            relay_program=self._cache_dir / "busybox", env_program=self._env_program,
+            console_log=console, control_fd=guest_end.fileno(),
             init_words=tuple(init_words), tsc_khz=tsc_khz(),
         )
         log_fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -394,6 +428,13 @@ class MicroVMBackend(HolderBackend):
             guest.writer.close()
         if guest.control is not None:
             guest.control.close()
+        # The relays exit once QEMU closes their sockets; this catches one
+        # that is still connecting to the broker.
+        for pid in find_relay_pids(holder_id):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         code = "unknown, adopted" if guest.popen is None else guest.popen.returncode
         log.info("stopped holder %s (qemu pid %d, exit code %s)", holder_id, guest.pid, code)
 

@@ -35,6 +35,11 @@ _FIRST_RELAY = 100
 #: Maximum length of the kernel command line on x86 (COMMAND_LINE_SIZE).
 MAX_COMMAND_LINE = 2048
 
+#: Environment variable that marks each guestfwd relay process with the
+#: name of its guest. QEMU starts the relays through glib, which detaches
+#: them, so they are not QEMU's children and are found by this mark instead.
+RELAY_MARK = "SHARDBUS_RELAY_FOR"
+
 
 @dataclass(frozen=True)
 class BrokerForward:
@@ -148,6 +153,7 @@ class GuestSettings:
     shares: tuple[str, ...]
     forwards: tuple[BrokerForward, ...]
     relay_program: Path  # A static busybox on the host, run by each guestfwd rule.
+    env_program: Path  # env(1), which sets RELAY_MARK for each relay.
     console_log: Path
     control_fd: int
     init_words: tuple[str, ...]  # shardbus.* words for the guest's init
@@ -217,8 +223,9 @@ def qemu_command(qemu: str, settings: GuestSettings) -> list[str]:
         "-object", "rng-random,id=rng,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng",
     ]
+    relay = f"{settings.env_program} {RELAY_MARK}={settings.name} {settings.relay_program} nc"
     rules = [
-        f"guestfwd=tcp:{forward.relay}:{forward.port}-cmd:{settings.relay_program} nc {forward.host} {forward.port}"
+        f"guestfwd=tcp:{forward.relay}:{forward.port}-cmd:{relay} {forward.host} {forward.port}"
         for forward in settings.forwards
     ]
     command += ["-netdev", ",".join(["user", "id=net", "restrict=on", *rules]),

@@ -24,7 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-from provisioner.microvm import find_qemu_pid
+from provisioner.microvm import find_qemu_pid, find_relay_pids
 from provisioner.microvm_image import default_cache_dir
 from provisioner.registry import HolderRegistry, HolderState
 from schemas.topics import Topics
@@ -168,6 +168,7 @@ async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
 
     await _eventually(victim_topic_deleted, f"the topic of the killed holder {victim} was not deleted")
     assert find_qemu_pid(victim) is None
+    assert find_relay_pids(victim) == []
     assert _workdirs_of(victim) == []
 
     # Stopping the services tears down every VM, the pool's included.
@@ -183,6 +184,8 @@ async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
 
     still_running = {h: find_qemu_pid(h) for h in every_holder if find_qemu_pid(h) is not None}
     assert still_running == {}
+    relays = {h: find_relay_pids(h) for h in every_holder if find_relay_pids(h)}
+    assert relays == {}
     topics = await _topic_names(settings.kafka_bootstrap)
     assert sorted(vm_deployment.topics.holder(h) for h in every_holder if vm_deployment.topics.holder(h) in topics) == []
     for holder_id in every_holder:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.microvm import HOST_MIB_PER_VM, MAX_DEFAULT_POOL, default_pool_size, find_qemu_pid
+from provisioner.microvm import HOST_MIB_PER_VM, MAX_DEFAULT_POOL, default_pool_size, find_qemu_pid, find_relay_pids
 from provisioner.microvm_qemu import (
     MAX_COMMAND_LINE,
     BrokerForward,
@@ -24,7 +24,7 @@ def _settings(**changes) -> GuestSettings:
         name="holder-abc", kernel=Path("/cache/kernel/vmlinux"), initramfs=Path("/cache/initramfs-1.cpio"),
         accelerator="tcg", memory_mib=160, shares=("/usr", "/opt/python"),
         forwards=tuple(broker_forwards("127.0.0.1:19092,kafka.example:9093")),
-        relay_program=Path("/cache/busybox"), console_log=Path("/logs/holder-abc.log"), control_fd=7,
+        relay_program=Path("/cache/busybox"), env_program=Path("/usr/bin/env"), console_log=Path("/logs/holder-abc.log"), control_fd=7,
         init_words=("shardbus.holder_id=holder-abc",), tsc_khz=2_600_000,
     )
     values.update(changes)
@@ -97,8 +97,9 @@ def test_qemu_command_isolates_guest() -> None:
     assert "-nodefaults" in command
     [netdev] = _option(command, "-netdev")
     assert "restrict=on" in netdev.split(",")
-    assert "guestfwd=tcp:10.0.2.100:19092-cmd:/cache/busybox nc 127.0.0.1 19092" in netdev.split(",")
-    assert "guestfwd=tcp:10.0.2.101:9093-cmd:/cache/busybox nc kafka.example 9093" in netdev.split(",")
+    relay = "/usr/bin/env SHARDBUS_RELAY_FOR=holder-abc /cache/busybox nc"
+    assert f"guestfwd=tcp:10.0.2.100:19092-cmd:{relay} 127.0.0.1 19092" in netdev.split(",")
+    assert f"guestfwd=tcp:10.0.2.101:9093-cmd:{relay} kafka.example 9093" in netdev.split(",")
     assert _option(command, "-fsdev") == [
         "local,id=share0,path=/usr,security_model=none,readonly=on",
         "local,id=share1,path=/opt/python,security_model=none,readonly=on",
@@ -136,3 +137,4 @@ def test_default_pool_size_follows_memory() -> None:
 
 def test_no_qemu_for_unknown_holder() -> None:
     assert find_qemu_pid("holder-that-never-ran") is None
+    assert find_relay_pids("holder-that-never-ran") == []
