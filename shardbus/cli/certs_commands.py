@@ -31,6 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "init", help="create the CA (once) and the certificates of the broker, the admin, "
         "each service and each app in the policy file",
     )
+    init.add_argument("--broker-host", action="append", default=[], metavar="NAME",
+                      help="another DNS name or IP address of the broker for its certificate, besides "
+                      "localhost and 127.0.0.1 (repeatable; used only when the broker's certificate is issued)")
     init.set_defaults(handler=_init)
 
     issue = actions.add_parser("issue", help="issue a certificate for one party")
@@ -81,7 +84,7 @@ def _init(args: argparse.Namespace) -> int:
     authority, created = folder.create_ca()
     print(f"{'created' if created else 'using'} the CA in {folder.ca_certificate_path}")
     wanted: list[tuple[str, tuple[str, ...]]] = [
-        (principals.BROKER, principals.BROKER_HOSTS),
+        (principals.BROKER, principals.BROKER_HOSTS + tuple(args.broker_host)),
         (principals.ADMIN, ()),
     ]
     wanted += [(principals.service_principal(settings.topic_prefix, role), ()) for role in principals.SERVICE_ROLES]

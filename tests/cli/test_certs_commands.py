@@ -33,6 +33,16 @@ def test_init_issues_every_role(home, capsys):
     assert "created the CA" in capsys.readouterr().out
 
 
+def test_init_names_extra_broker_host(home):
+    from cryptography import x509
+
+    assert main(["certs", "init", "--broker-host", "kafka-tls"]) == 0
+
+    certificate = x509.load_pem_x509_certificate((home / "tls" / "broker.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "kafka-tls"]
+
+
 def test_init_twice_issues_nothing(home, capsys):
     main(["certs", "init"])
     capsys.readouterr()
