@@ -59,3 +59,39 @@ def test_compose_dockerfile_copies_every_package():
 
     for package in ("shardbus", "schemas", "streams", "holders", "provisioner"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_compose_tls_kafka_requires_client_certificates():
+    services = load_compose()["services"]
+    environment = services["kafka-tls"]["environment"]
+
+    assert services["kafka-tls"]["profiles"] == ["tls"]
+    assert environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] == "CONTROLLER:SSL,SSL:SSL,INTERNAL:SSL"
+    assert environment["KAFKA_SSL_CLIENT_AUTH"] == "required"
+    assert environment["KAFKA_SSL_KEYSTORE_TYPE"] == "PEM"
+    assert environment["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert environment["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert environment["KAFKA_SUPER_USERS"] == "User:broker;User:admin"
+    # Compose turns "$$" into "$", which gives the rule the stack uses.
+    assert environment["KAFKA_SSL_PRINCIPAL_MAPPING_RULES"].replace("$$", "$") == "RULE:^CN=([^,]+).*$/$1/,DEFAULT"
+
+
+def test_compose_tls_services_use_own_certificates():
+    services = load_compose()["services"]
+
+    for name, principal in (("provisioner-tls", "shardbus.provisioner"), ("authorizer-tls", "shardbus.authorizer"),
+                            ("reassembler-tls", "shardbus.reassembler"), ("cli-tls", "shardbus.controller"),
+                            ("acl", "admin")):
+        environment = services[name]["environment"]
+        assert services[name]["profiles"] == ["tls"], name
+        assert environment["SHARDBUS_KAFKA_BOOTSTRAP"] == "kafka-tls:9095", name
+        assert environment["SHARDBUS_KAFKA_TLS_CA"] == "/tls/ca.pem", name
+        assert environment["SHARDBUS_KAFKA_TLS_CERT"] == f"/tls/{principal}.pem", name
+        assert environment["SHARDBUS_KAFKA_TLS_KEY"] == f"/tls/{principal}.key", name
+
+
+def test_compose_plaintext_services_outside_tls_profile():
+    services = load_compose()["services"]
+
+    for name in ("kafka", "redis", "init", "provisioner", "authorizer", "reassembler"):
+        assert "profiles" not in services[name], name
