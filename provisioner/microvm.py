@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import holders
-from provisioner.backend import BackendStatus, HolderBackend, HolderSpec
+from provisioner.backend import BackendStatus, HolderBackend, HolderSpec, HolderTls
 from provisioner.microvm_image import GuestImage, default_cache_dir, guest_image
 from provisioner.microvm_qemu import (
     RELAY_MARK,
@@ -99,6 +99,13 @@ def _available_memory_mib() -> int:
     except OSError:
         pass
     return 0
+
+
+def tls_message(tls: HolderTls) -> bytes:
+    """Return the holder's TLS files as the guest's init reads them from the control port."""
+    files = (tls.ca_pem, tls.certificate_pem, tls.key_pem)
+    header = "tls " + " ".join(str(len(data)) for data in files) + "\n"
+    return header.encode("ascii") + b"".join(files)
 
 
 def _runs_guest(pid: int, holder_id: str) -> bool:
@@ -338,7 +345,7 @@ class MicroVMBackend(HolderBackend):
             f"shardbus.holder_id={spec.holder_id}", f"shardbus.bootstrap={spec.kafka_bootstrap}",
             f"shardbus.prefix={spec.topic_prefix}", f"shardbus.heartbeat={spec.heartbeat_interval_s:g}",
             f"shardbus.kem={spec.kem}",
-        )
+        ) + (("shardbus.tls=1",) if spec.tls is not None else ())
         console = self._log_dir / f"{spec.holder_id}.log"
         await self._boot_slots.acquire()
         try:
@@ -351,6 +358,10 @@ class MicroVMBackend(HolderBackend):
             self._boot_slots.release()
             raise
         guest = _Guest(spec.holder_id, spec.kem, popen.pid, popen, control, writer)
+        if spec.tls is not None:
+            # The socket buffer keeps the files until the guest's init reads
+            # them, so they never touch the host's disk.
+            writer.write(tls_message(spec.tls))
         guest.key_reader = asyncio.create_task(self._await_key(guest, reader), name=f"key-{spec.holder_id}")
         self._guests[spec.holder_id] = guest
         log.info("started holder %s in a %s microVM, qemu pid %d, log %s",

@@ -16,10 +16,12 @@
 #   shardbus.heartbeat, shardbus.kem   the holder's own settings
 #   shardbus.probe=1               report "probe ok" and power off (see the
 #                                  backend's accelerator probe)
+#   shardbus.tls=1                 read the holder's Kafka TLS files from the
+#                                  control port before the holder starts
 #
 # The serial port named shardbus.control is the backend's private channel:
-# the holder writes its public key line to it, and the backend writes
-# "stop" to it to ask for a clean shutdown.
+# the backend writes the TLS files to it, the holder writes its public key
+# line to it, and the backend writes "stop" to it to ask for a clean shutdown.
 
 export PATH=/bin
 /bin/busybox --install -s /bin
@@ -63,6 +65,7 @@ for word in $(cat /proc/cmdline); do
         shardbus.heartbeat=*) heartbeat=$value ;;
         shardbus.kem=*) kem=$value ;;
         shardbus.probe=*) probe=$value ;;
+        shardbus.tls=*) tls=$value ;;
     esac
 done
 
@@ -104,10 +107,28 @@ for word in $(cat /proc/cmdline); do
     esac
 done
 
+tls_variables=
+if [ "$tls" = 1 ]; then
+    # A line "tls CA_BYTES CERT_BYTES KEY_BYTES", then the three PEM files.
+    # They go to a tmpfs, so the holder's TLS key exists only in guest RAM.
+    # dd reads one byte at a time so that it never takes bytes past its file.
+    read -r word ca_bytes cert_bytes key_bytes <&4
+    [ "$word" = tls ] || fail "expected the TLS files on the control port, got '$word'"
+    mkdir -m 700 /run/tls
+    dd bs=1 count="$ca_bytes" of=/run/tls/ca.pem status=none <&4 || fail "cannot read the TLS CA"
+    dd bs=1 count="$cert_bytes" of=/run/tls/holder.pem status=none <&4 || fail "cannot read the TLS certificate"
+    (umask 077 && dd bs=1 count="$key_bytes" of=/run/tls/holder.key status=none <&4) \
+        || fail "cannot read the TLS key"
+    tls_variables="SHARDBUS_KAFKA_TLS_CA=/run/tls/ca.pem SHARDBUS_KAFKA_TLS_CERT=/run/tls/holder.pem"
+    tls_variables="$tls_variables SHARDBUS_KAFKA_TLS_KEY=/run/tls/holder.key"
+fi
+
 [ -n "$python" ] || fail "shardbus.python is missing from the kernel command line"
 cd /tmp
+# $tls_variables is unquoted on purpose: it is empty or several words.
+# shellcheck disable=SC2086
 env -i PATH=/bin HOME=/tmp TMPDIR=/tmp PYTHONPATH="$pythonpath" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    SHARDBUS_KAFKA_BOOTSTRAP="$bootstrap" SHARDBUS_TOPIC_PREFIX="$prefix" \
+    SHARDBUS_KAFKA_BOOTSTRAP="$bootstrap" SHARDBUS_TOPIC_PREFIX="$prefix" $tls_variables \
     "$python" -m holders --holder-id "$holder_id" --heartbeat-interval "$heartbeat" --kem "$kem" \
     --key-fd 3 3>&4 4>&- &
 holder=$!

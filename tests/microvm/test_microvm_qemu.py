@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.microvm import HOST_MIB_PER_VM, MAX_DEFAULT_POOL, default_pool_size, find_qemu_pid, find_relay_pids
+from provisioner.backend import HolderTls
+from provisioner.microvm import (
+    HOST_MIB_PER_VM,
+    MAX_DEFAULT_POOL,
+    default_pool_size,
+    find_qemu_pid,
+    find_relay_pids,
+    tls_message,
+)
 from provisioner.microvm_qemu import (
     MAX_COMMAND_LINE,
     BrokerForward,
@@ -138,3 +146,10 @@ def test_default_pool_size_follows_memory() -> None:
 def test_no_qemu_for_unknown_holder() -> None:
     assert find_qemu_pid("holder-that-never-ran") is None
     assert find_relay_pids("holder-that-never-ran") == []
+
+
+def test_tls_message_layout() -> None:
+    message = tls_message(HolderTls(ca_pem=b"CA\n", certificate_pem=b"CERT\n", key_pem=b"KEY-PEM\n"))
+    header, _, body = message.partition(b"\n")
+    assert header == b"tls 3 5 8"
+    assert body == b"CA\nCERT\nKEY-PEM\n"
