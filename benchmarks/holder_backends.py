@@ -44,7 +44,8 @@ from benchmarks import procstats
 from provisioner.api import ProvisionerClient
 from provisioner.backend import HolderBackend
 from provisioner.config import ProvisionerConfig
-from provisioner.microvm import MicroVMBackend, find_relay_pids
+from provisioner.microvm import MicroVMBackend
+from provisioner.microvm_host import find_relay_pids
 from provisioner.process import ProcessBackend
 from provisioner.service import Provisioner
 from schemas.topics import Topics

@@ -80,7 +80,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     microvm = args.backend == "microvm"
     if args.pool_size is None:
         if microvm:
-            from provisioner.microvm import default_pool_size
+            from provisioner.microvm_host import default_pool_size
 
             args.pool_size = default_pool_size()
         else:

@@ -9,7 +9,9 @@ code read-only over 9p, and runs ``python -m holders`` (see
 
 The guest reports its public key on a virtio serial port whose host end is
 one half of a socket pair that only the backend holds, the VM equivalent of
-the process backend's key pipe. The backend asks for a clean stop by writing
+the process backend's key pipe. With Kafka TLS on, the backend sends the
+holder's certificate and key the other way on the same port, so they never
+touch the host's disk. The backend requests a clean stop by writing
 "stop" on the same port: the holder wipes its fragments and the guest
 powers off, which ends QEMU. A guest that does not stop in time gets SIGTERM
 (QEMU then powers it off at once) and then SIGKILL.
@@ -24,8 +26,12 @@ with everything the holder kept.
 
 A holder needs no file on the host: the console log goes to
 ``<log_dir>/<holder id>.log`` and the kernel and initramfs are shared by all
-guests. The figures below come from ``benchmarks/holders.py`` on a 2-core
-machine without usable KVM (see docs/benchmarks.md).
+guests. ``benchmarks/holder_backends.py`` measures boot time and memory
+(figures in docs/benchmarks.md).
+
+NOTE: guest memory is not locked on the host. The holder's ``mlockall``
+keeps its pages in guest RAM, but the host may swap QEMU's memory out like
+any other process's.
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ from pathlib import Path
 
 import holders
 from provisioner.backend import BackendStatus, HolderBackend, HolderSpec, HolderTls
+from provisioner.microvm_host import find_qemu_pid, find_relay_pids, runs_guest
 from provisioner.microvm_image import GuestImage, default_cache_dir, guest_image
 from provisioner.microvm_qemu import (
-    RELAY_MARK,
     BrokerForward,
     GuestSettings,
     broker_forwards,
@@ -67,95 +73,12 @@ _EXIT_POLL_S = 0.05
 #: while Python imports; 160 MiB leaves about 23 MiB free.
 DEFAULT_MEMORY_MIB = 160
 
-#: Host memory that one idle holder VM takes under TCG, QEMU included,
-#: rounded up from the measured resident set size.
-HOST_MIB_PER_VM = 400
-
-#: The warm pool may take this share of the host's available memory.
-POOL_MEMORY_SHARE = 8
-#: Booting a guest under TCG keeps a core busy for several seconds, so the
-#: default pool stays small even on a large host.
-MAX_DEFAULT_POOL = 4
-
-
-def default_pool_size(available_mib: int | None = None) -> int:
-    """Return the default warm pool size for microVM holders.
-
-    It is the number of VMs that fit in an eighth of the host's available
-    memory (``MemAvailable``) at ``HOST_MIB_PER_VM`` each, between 1 and
-    ``MAX_DEFAULT_POOL``.
-    """
-    if available_mib is None:
-        available_mib = _available_memory_mib()
-    return max(1, min(MAX_DEFAULT_POOL, available_mib // POOL_MEMORY_SHARE // HOST_MIB_PER_VM))
-
-
-def _available_memory_mib() -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as file:
-            for line in file:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
-
 
 def tls_message(tls: HolderTls) -> bytes:
     """Return the holder's TLS files as the guest's init reads them from the control port."""
     files = (tls.ca_pem, tls.certificate_pem, tls.key_pem)
     header = "tls " + " ".join(str(len(data)) for data in files) + "\n"
     return header.encode("ascii") + b"".join(files)
-
-
-def _runs_guest(pid: int, holder_id: str) -> bool:
-    """Tell whether `pid` is a live QEMU process of this user started for `holder_id`."""
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-            return False
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            state = file.read().rsplit(b")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            arguments = file.read().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    if state == b"Z":
-        return False
-    expected = [b"-name", f"shardbus-{holder_id}".encode()]
-    return any(arguments[i:i + 2] == expected for i in range(len(arguments)))
-
-
-def find_qemu_pid(holder_id: str) -> int | None:
-    """Return the pid of the QEMU process that runs `holder_id`, or None.
-
-    It matches the ``-name shardbus-<holder id>`` argument that the backend
-    gives QEMU, so the VMs of an earlier provisioner are found too. The demo
-    and the tests use it to kill a VM the way a crash would.
-    """
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _runs_guest(int(entry), holder_id):
-            return int(entry)
-    return None
-
-
-def find_relay_pids(holder_id: str) -> list[int]:
-    """Return the pids of the guestfwd relays that QEMU started for `holder_id`.
-
-    Each relay carries ``SHARDBUS_RELAY_FOR=<holder id>`` in its environment,
-    which only its own user (or root) can read.
-    """
-    mark = f"{RELAY_MARK}={holder_id}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as file:
-                if mark in file.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 @dataclass
@@ -177,7 +100,7 @@ class _Guest:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return _runs_guest(self.pid, self.holder_id)
+        return runs_guest(self.pid, self.holder_id)
 
 
 class MicroVMBackend(HolderBackend):
@@ -336,6 +259,7 @@ class MicroVMBackend(HolderBackend):
         await self.prepare()
         assert self._prepared is not None
         image, shares, accelerator = self._prepared
+
         try:
             forwards = broker_forwards(spec.kafka_bootstrap)
         except ValueError as exc:
@@ -347,6 +271,7 @@ class MicroVMBackend(HolderBackend):
             f"shardbus.kem={spec.kem}",
         ) + (("shardbus.tls=1",) if spec.tls is not None else ())
         console = self._log_dir / f"{spec.holder_id}.log"
+
         await self._boot_slots.acquire()
         try:
             popen, control = self._launch(spec.holder_id, image, shares, forwards, accelerator, console, init_words)
@@ -357,6 +282,7 @@ class MicroVMBackend(HolderBackend):
         except BaseException:
             self._boot_slots.release()
             raise
+
         guest = _Guest(spec.holder_id, spec.kem, popen.pid, popen, control, writer)
         if spec.tls is not None:
             # The socket buffer keeps the files until the guest's init reads
@@ -424,6 +350,7 @@ class MicroVMBackend(HolderBackend):
         if guest.key_reader is not None:
             guest.key_reader.cancel()
             await asyncio.gather(guest.key_reader, return_exceptions=True)
+
         # A VM that has not reported its key yet was never handed out and
         # has nothing to wipe, and an adopted VM cannot be asked, so
         # QEMU gets SIGTERM at once for both.
@@ -435,6 +362,7 @@ class MicroVMBackend(HolderBackend):
             except (OSError, asyncio.TimeoutError) as exc:
                 log.info("could not send stop to holder %s: %s", holder_id, exc)
         await self._end(guest, timeout_s if polite else 0.0)
+
         if guest.writer is not None:
             guest.writer.close()
         if guest.control is not None:

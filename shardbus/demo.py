@@ -36,7 +36,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from provisioner.microvm import find_qemu_pid
+from provisioner.microvm_host import find_qemu_pid
 from provisioner.registry import HolderRecord, HolderRegistry, HolderState
 from schemas.topics import Topics
 from shardbus import deployment

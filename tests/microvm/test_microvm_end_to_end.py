@@ -24,7 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-from provisioner.microvm import find_qemu_pid, find_relay_pids
+from provisioner.microvm_host import find_qemu_pid, find_relay_pids
 from provisioner.microvm_image import default_cache_dir
 from provisioner.registry import HolderRegistry, HolderState
 from schemas.topics import Topics

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from provisioner.backend import HolderTls
-from provisioner.microvm import (
+from provisioner.microvm import tls_message
+from provisioner.microvm_host import (
     HOST_MIB_PER_VM,
     MAX_DEFAULT_POOL,
     default_pool_size,
     find_qemu_pid,
     find_relay_pids,
-    tls_message,
 )
 from provisioner.microvm_qemu import (
     MAX_COMMAND_LINE,

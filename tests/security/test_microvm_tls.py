@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from provisioner.access import HolderAccess
 from provisioner.backend import HolderSpec
-from provisioner.microvm import MicroVMBackend, find_qemu_pid, find_relay_pids
+from provisioner.microvm import MicroVMBackend
+from provisioner.microvm_host import find_qemu_pid, find_relay_pids
 from provisioner.microvm_image import default_cache_dir
 from schemas import codec
 from schemas.holders import HolderHeartbeat
