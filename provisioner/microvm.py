@@ -192,6 +192,8 @@ class MicroVMBackend(HolderBackend):
                      accelerator, self._memory_mib, ", ".join(shares))
             self._prepared = (image, tuple(shares), accelerator)
 
+    # NOTE: only hosts whose /dev/kvm fails the probe have run this backend
+    # so far, so guests under KVM have never booted a holder in a test.
     async def _kvm_boots(self, image: GuestImage) -> bool:
         if not os.access("/dev/kvm", os.R_OK | os.W_OK):
             log.info("KVM probe: /dev/kvm is missing or not accessible; using TCG")
