@@ -62,6 +62,10 @@ def broker_forwards(bootstrap: str) -> list[BrokerForward]:
     loopback address of its own (127.0.1.N) through the guest's /etc/hosts,
     except ``localhost``. Raises ValueError for an entry without a port and
     for IPv6 addresses, which the guest's relays do not handle.
+
+    NOTE: a guest reaches only these addresses. A broker that the cluster
+    advertises but the bootstrap list omits is unreachable from the guest,
+    so list every broker (``scripts/stack env --cluster`` does).
     """
     forwards: list[BrokerForward] = []
     for number, entry in enumerate(part.strip() for part in bootstrap.split(",") if part.strip()):
