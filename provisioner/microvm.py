@@ -236,22 +236,24 @@ class MicroVMBackend(HolderBackend):
             console_log=console, control_fd=guest_end.fileno(),
             init_words=tuple(init_words), tsc_khz=tsc_khz(),
         )
-        log_fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = -1
         try:
+            command = qemu_command(self._qemu, settings)
+            log_fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             # Popen, unlike asyncio's subprocess transport, never kills its
             # child when garbage collected, and a session of its own keeps a
             # signal to the provisioner's process group from reaching QEMU:
             # the VMs outlive the provisioner on purpose.
             popen = subprocess.Popen(
-                qemu_command(self._qemu, settings),
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                 start_new_session=True, pass_fds=(guest_end.fileno(),),
             )
         except (OSError, ValueError) as exc:
             host_end.close()
             raise ServiceUnavailable(f"cannot start the microVM of {name}: {exc}") from None
         finally:
-            os.close(log_fd)
+            if log_fd >= 0:
+                os.close(log_fd)
             guest_end.close()
         return popen, host_end
 
@@ -278,9 +280,6 @@ class MicroVMBackend(HolderBackend):
         try:
             popen, control = self._launch(spec.holder_id, image, shares, forwards, accelerator, console, init_words)
             reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
-        except ValueError as exc:
-            self._boot_slots.release()
-            raise ServiceUnavailable(f"cannot start holder {spec.holder_id}: {exc}") from None
         except BaseException:
             self._boot_slots.release()
             raise

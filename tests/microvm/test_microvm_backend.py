@@ -17,6 +17,7 @@ from provisioner.microvm_image import default_cache_dir
 from schemas import codec
 from schemas.holders import HolderHeartbeat
 from schemas.topics import Topics
+from shardbus.errors import ServiceUnavailable
 from shardbus.kafka import ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -87,3 +88,14 @@ async def test_vm_reported_adopted_and_stopped(kafka_bootstrap: str, kafka_admin
         await first.close(timeout_s=10)
         await second.close(timeout_s=10)
     assert find_qemu_pid(HOLDER_ID) is None
+
+
+async def test_failed_launch_frees_boot_slot(tmp_path: Path) -> None:
+    backend = MicroVMBackend(tmp_path / "logs", accelerator="tcg", max_booting=1)
+    # A prefix this long makes the kernel command line exceed its limit.
+    spec = HolderSpec("holder-toolong", "127.0.0.1:9", "p" * 3000)
+    for _ in range(2):
+        with pytest.raises(ServiceUnavailable, match="kernel command line has"):
+            await asyncio.wait_for(backend.start(spec), 60)
+    assert backend.holder_ids() == []
+    assert find_qemu_pid("holder-toolong") is None
