@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from schemas import codec
 from schemas.messages import OperationRequest, ProvisionReply, Reason
 from schemas.topics import Topics
+from shardbus.audit import AuditLog, AuditUnavailable
 from shardbus.config import Settings
 from shardbus.crypto import envelope
 from shardbus.crypto.keys import MasterKey
@@ -58,9 +59,9 @@ from streams.agents import ReliableProducer, handle_in_order
 from streams.denials import Denials, readable_ids
 from streams.handling import InputRecord, RepeatedFailureLog, is_retriable
 from shardbus.deployment import load_reassembler_public
-from streams.outbox import Outbox, SendFn
+from streams.outbox import AuditWriter, Outbox, SendFn, SendManyFn
 from streams.planning import FetchTarget, Planner
-from streams.provisioning import HoldersUnavailable, Provisioning, provisioned_topic
+from streams.provisioning import AUDIT_UNAVAILABLE_DETAIL, HoldersUnavailable, Provisioning, provisioned_topic
 from streams.replies import ReplyLedger
 from streams.topic_check import TopicCheck
 
@@ -115,7 +116,9 @@ class Authorizer:
         redis_prefix: str,
         topics: Topics,
         send: SendFn,
+        audit: AuditWriter,
         topic_check: TopicCheck,
+        send_many: SendManyFn | None = None,
         options: AuthorizerOptions = AuthorizerOptions(),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -123,7 +126,7 @@ class Authorizer:
         self.options = options
         self._master_key = master_key
         self._clock = clock
-        self.outbox = Outbox(send, topics, "authorizer", clock=clock)
+        self.outbox = Outbox(send, topics, "authorizer", audit=audit, send_many=send_many, clock=clock)
         mapping = MappingTable(redis, master_key, redis_prefix)
         self._registry = HolderRegistry(redis, redis_prefix, clock_ms=lambda: int(clock() * 1000))
         self.checks = RequestChecks(policy, mapping, redis, redis_prefix, max_skew_s=options.max_skew_s, clock=clock)
@@ -165,6 +168,10 @@ class Authorizer:
                 log.info("operation %s already has its final reply; no new fetches sent", request.operation_id)
                 return
             await self._accept(admission)
+        except AuditUnavailable:
+            # Nothing was sent for the operation: its records come first.
+            log.error("the audit log is unavailable; denied operation %s without acting", request.operation_id)
+            await self._deny(request, Denied(Reason.AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_DETAIL))
         except HoldersUnavailable as denial:
             await self._deny(request, denial, holders=denial.holders)
         except Denied as denial:
@@ -211,30 +218,26 @@ class Authorizer:
             raise HoldersUnavailable(
                 f"only {len(targets)} of the {version.threshold} holders needed are alive", tuple(dead)
             )
-        await self._audit_accepted(admission)
         deadline_ms = self._now_ms() + int(self.options.window_s * 1000)
         plan = self._planner.plan(request, version, targets, deadline_ms=deadline_ms, lease_ttl_ms=lease_ttl_ms)
-        await self.outbox.send(self.topics.plans, plan)
+        outgoing = [self.outbox.outgoing(self.topics.plans, plan)]
+        entries = [_accepted_entry(admission)]
         for target in targets:
             fetch = self._planner.fetch(request.operation_id, request.secret_name, version, target, deadline_ms=deadline_ms)
-            await self.outbox.send(self.topics.holder(target.holder_id), fetch)
-            await self.outbox.audit(
-                "fetch.sent", operation_id=request.operation_id, app_id=request.app_id,
+            outgoing.append(self.outbox.outgoing(self.topics.holder(target.holder_id), fetch))
+            entries.append(dict(
+                action="fetch.sent", operation_id=request.operation_id, app_id=request.app_id,
                 secret_name=request.secret_name, secret_version=version.version, holder_id=target.holder_id,
                 outcome="sent", detail=f"fragment {target.index}",
-            )
+            ))
+        # One batch of records, acknowledged before the one batch of sends it describes.
+        _log_accepted(admission)
+        await self.outbox.audit_many(entries)
+        await self.outbox.send_all(outgoing)
 
     async def _audit_accepted(self, admission: Admission) -> None:
-        request, version = admission.request, admission.version
-        log.info(
-            "accepted operation %s of app %s on secret %r version %d",
-            request.operation_id, request.app_id, request.secret_name, version.version,
-        )
-        await self.outbox.audit(
-            "request.accepted", operation_id=request.operation_id, app_id=request.app_id,
-            secret_name=request.secret_name, secret_version=version.version, outcome="accepted",
-            detail=f"lifecycle {version.lifecycle}, threshold {version.threshold} of {version.fragments}",
-        )
+        _log_accepted(admission)
+        await self.outbox.audit_many([_accepted_entry(admission)])
 
     async def _live_targets(self, version: VersionRecord) -> tuple[list[FetchTarget], list[str]]:
         """Return the placements whose holders are alive as fetch targets, and the dead holders' ids."""
@@ -274,6 +277,23 @@ class Authorizer:
             await self.outbox.dead_letter(record.topic, record.partition, record.offset, record.value, str(exc))
             return
         await self.provisioning.handle_reply(reply)
+
+
+def _log_accepted(admission: Admission) -> None:
+    request, version = admission.request, admission.version
+    log.info(
+        "accepted operation %s of app %s on secret %r version %d",
+        request.operation_id, request.app_id, request.secret_name, version.version,
+    )
+
+
+def _accepted_entry(admission: Admission) -> dict[str, object]:
+    request, version = admission.request, admission.version
+    return dict(
+        action="request.accepted", operation_id=request.operation_id, app_id=request.app_id,
+        secret_name=request.secret_name, secret_version=version.version, outcome="accepted",
+        detail=f"lifecycle {version.lifecycle}, threshold {version.threshold} of {version.fragments}",
+    )
 
 
 def build_app(
@@ -329,11 +349,13 @@ async def serve(
     redis = Redis.from_url(settings.redis_url)
     topic_check = TopicCheck(settings.kafka_bootstrap)
     producer = ReliableProducer(settings.kafka_bootstrap, client_id="authorizer")
+    audit = AuditLog.from_settings(settings, "authorizer")
     prefix = redis_prefix or settings.topic_prefix
 
     authorizer = Authorizer(
         policy=policy, master_key=master_key, reassembler_key=reassembler_key, redis=redis,
-        redis_prefix=prefix, topics=topics, send=producer.send, topic_check=topic_check, options=options,
+        redis_prefix=prefix, topics=topics, send=producer.send, send_many=producer.send_many, audit=audit,
+        topic_check=topic_check, options=options,
     )
     provisioner_client = ProvisionerClient(settings.kafka_bootstrap, topics)
     acks = HolderAcks(settings.kafka_bootstrap, topics, producer.send)
@@ -353,13 +375,15 @@ async def serve(
     async def start() -> None:
         await producer.start()
         await create_topics()
+        # The audit log creates its own topic, with unlimited retention.
+        await audit.start()
         if repair is not None:
             await provisioner_client.start()
             await acks.start()
 
     async def create_topics() -> None:
         bootstrap = settings.kafka_bootstrap
-        await ensure_topics(bootstrap, [topics.requests, topics.provisioner, topics.lifecycle, topics.audit,
+        await ensure_topics(bootstrap, [topics.requests, topics.provisioner, topics.lifecycle,
                                         topics.deadletter, provisioned_topic(topics.prefix)],
                             partitions=options.partitions)
         await ensure_topics(bootstrap, [topics.plans, topics.fragments], partitions=options.partitions,
@@ -370,6 +394,7 @@ async def serve(
         await acks.close()
         await provisioner_client.close()
         await producer.stop()
+        await audit.close()
         await topic_check.close()
         await redis.aclose()
 

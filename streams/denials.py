@@ -25,6 +25,8 @@ import msgpack
 from schemas import codec
 from schemas.fields import HEX32_PATTERN, NAME_PATTERN
 from schemas.messages import ErrorReply, LeaseReply, Reason
+from schemas.topics import Topics
+from shardbus.audit import AuditUnavailable
 from shardbus.errors import DecodeError
 from streams.admission import UNAUTHENTICATED_REASONS
 from streams.outbox import Outbox
@@ -91,7 +93,11 @@ class Denials:
         secret_version: int = 0,
         holders: tuple[str, ...] = (),
     ) -> None:
-        """Send the ErrorReply for one rejected request, if the rules above allow, and audit it."""
+        """Audit the denial of one request, then send its ErrorReply if the rules above allow.
+
+        Raises shardbus.audit.AuditUnavailable, before sending anything,
+        when the record was not written, unless `reason` is audit_unavailable.
+        """
         reason = Reason(reason)
         log.info(
             "denied operation %s of app %s on secret %r: %s (%s)%s",
@@ -106,21 +112,32 @@ class Denials:
             holders=holders,
         )
         if reason in UNAUTHENTICATED_REASONS:
-            outcome = await self._send_unclaimed(reply)
+            outcome, key, encoded = await self._decide_unclaimed(reply)
         else:
-            outcome = await self._send_claimed(reply)
-        await self._outbox.audit(
-            "request.denied",
-            operation_id=operation_id,
-            app_id=app_id,
-            secret_name=secret_name,
-            secret_version=secret_version,
-            outcome=outcome,
-            reason=str(reason),
-            detail=detail,
-        )
+            outcome, key, encoded = await self._decide_claimed(reply)
+        # The record comes before the reply, as for every decision. The one
+        # exception is audit_unavailable itself: its record cannot be written,
+        # and the reply acts on nothing, it only ends the operation.
+        try:
+            await self._outbox.audit(
+                "request.denied",
+                operation_id=operation_id,
+                app_id=app_id,
+                secret_name=secret_name,
+                secret_version=secret_version,
+                outcome=outcome,
+                reason=str(reason),
+                detail=detail,
+            )
+        except AuditUnavailable:
+            if reason != Reason.AUDIT_UNAVAILABLE:
+                raise
+            log.error("sending the audit_unavailable reply of operation %s without its audit record", operation_id)
+        if encoded is not None:
+            await self._outbox.send_encoded(self._outbox.topics.replies(app_id), key, encoded)
 
-    async def _send_unclaimed(self, reply: ErrorReply) -> str:
+    async def _decide_unclaimed(self, reply: ErrorReply) -> tuple[str, bytes, bytes | None]:
+        """Return the outcome, and the key and bytes to send unless the outcome is not_sent."""
         operation_id = reply.operation_id
         if await self._seen(operation_id) or await self._ledger.stored(operation_id) is not None:
             log.warning(
@@ -128,33 +145,31 @@ class Denials:
                 "so this record is a forgery or a corrupted copy",
                 reply.reason, operation_id,
             )
-            return "not_sent"
+            return "not_sent", b"", None
         topic = self._outbox.topics.replies(reply.app_id)
         if reply.app_id not in self._registered_apps and not await self._topic_check.exists(topic):
             # Sending would make a broker with automatic topic creation
             # create a topic for an app id that anyone can invent.
             log.warning("no %s reply sent for operation %s: reply topic %s does not exist", reply.reason, operation_id, topic)
-            return "not_sent"
-        await self._outbox.send(topic, reply)
-        return "sent"
+            return "not_sent", b"", None
+        return "sent", Topics.partition_key(reply), codec.encode(reply)
 
-    async def _send_claimed(self, reply: ErrorReply) -> str:
+    async def _decide_claimed(self, reply: ErrorReply) -> tuple[str, bytes, bytes | None]:
+        """Claim the reply; return the outcome, and the key and bytes to send unless it is not_sent."""
         encoded = codec.encode(reply)
-        topic = self._outbox.topics.replies(reply.app_id)
+        key = reply.operation_id.encode()
         stored = await self._ledger.claim(reply.operation_id, encoded)
         if stored is None:
-            await self._outbox.send_encoded(topic, reply.operation_id.encode(), encoded)
-            return "sent"
+            return "sent", key, encoded
         if _same_decision(stored, reply):
             # The same record processed again after a crash: the first run
             # may have claimed the reply without sending it.
-            await self._outbox.send_encoded(topic, reply.operation_id.encode(), stored)
-            return "sent_again"
+            return "sent_again", key, stored
         log.warning(
             "no %s reply sent for operation %s: the operation already has its final reply",
             reply.reason, reply.operation_id,
         )
-        return "not_sent"
+        return "not_sent", b"", None
 
 
 def _same_decision(stored: bytes, reply: ErrorReply) -> bool:

@@ -1,10 +1,16 @@
 """Sending from the stream services: messages, audit records and dead letters.
 
 The services send through a plain ``send(topic, key, value)`` coroutine (the
-faust producer's ``send_and_wait`` in production), so the logic here does not
-depend on faust and each send is acknowledged before the next one starts.
-That order matters: a holder must see a StoreFragment before the FetchCommand
-that follows it on the same topic.
+faust-independent ReliableProducer's ``send`` in production), so the logic
+here does not depend on faust. One step that sends several records, such as
+the plan and the fetches of one operation, hands them to ``send_all``, which
+queues them in order and waits for all their acknowledgements together.
+Queuing in order keeps the order on each partition: a holder must see a
+StoreFragment before the FetchCommand that follows it on the same topic.
+
+Audit records go through a signed chain writer (shardbus.audit.AuditLog).
+A step writes its records first and acts only once they are acknowledged,
+so the audit trail has a record for every action (see docs/audit.md).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from schemas import codec
 from schemas.audit import DIGEST_LENGTH, AuditRecord, DeadLetter
@@ -21,18 +28,34 @@ from schemas.topics import Topics
 
 SendFn = Callable[[str, bytes, bytes], Awaitable[object]]
 
+#: One record to send: topic, key and encoded value.
+Outgoing = tuple[str, bytes, bytes]
+
+#: Sends several records in order and returns once all are acknowledged.
+SendManyFn = Callable[[Sequence[Outgoing]], Awaitable[object]]
+
 # FreeText fields hold at most this many characters.
 _MAX_DETAIL = 2048
+
+
+class AuditWriter(Protocol):
+    """What the services need of shardbus.audit.AuditLog."""
+
+    async def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[AuditRecord]: ...
 
 
 class Outbox:
     """Encodes and sends the messages of one service, which it names `actor`.
 
-    Audit records form one hash chain per Outbox: each record carries a
-    sequence number and the SHA-256 of the previous encoded record.
+    `audit` writes the service's audit records. It raises
+    shardbus.audit.AuditUnavailable when a record was not acknowledged, and
+    then the caller must not perform the action the record describes.
+    `send_many` sends one step's records together; without it they are
+    sent one at a time.
 
-    NOTE: the chain lives in memory, so a restarted service starts a new chain
-    at sequence 0, and several instances of one service each keep their own.
+    NOTE: without `audit`, records go to an unsigned chain kept in memory,
+    as before the services wrote through AuditLog. That is only for callers
+    not yet moved to AuditLog, and it will be removed.
     """
 
     def __init__(
@@ -41,18 +64,24 @@ class Outbox:
         topics: Topics,
         actor: str,
         *,
+        audit: AuditWriter | None = None,
+        send_many: SendManyFn | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._send = send
+        self._send_many = send_many
+        self._audit = audit if audit is not None else _UnsignedChain(self)
         self.topics = topics
         self.actor = actor
         self._clock = clock
-        self._sequence = 0
-        self._prev_hash = bytes(DIGEST_LENGTH)
-        self._audit_lock = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    @staticmethod
+    def outgoing(topic: str, message: Message) -> Outgoing:
+        """Encode `message` for ``send_all``, keyed as ``Topics.partition_key`` says."""
+        return topic, Topics.partition_key(message), codec.encode(message)
 
     async def send(self, topic: str, message: Message) -> bytes:
         """Encode `message`, send it keyed as ``Topics.partition_key`` says, return the bytes."""
@@ -64,40 +93,24 @@ class Outbox:
         """Send bytes that were encoded earlier, such as a claimed reply sent again."""
         await self._send(topic, key, encoded)
 
-    async def audit(
-        self,
-        action: str,
-        *,
-        operation_id: str = "",
-        app_id: str = "",
-        secret_name: str = "",
-        secret_version: int = 0,
-        holder_id: str = "",
-        outcome: str = "",
-        reason: str = "",
-        detail: str = "",
-    ) -> None:
-        """Append one record to this service's audit chain on ``{p}.audit``."""
-        async with self._audit_lock:
-            record = AuditRecord(
-                at_ms=self.now_ms(),
-                actor=self.actor,
-                action=action,
-                operation_id=operation_id,
-                app_id=app_id,
-                secret_name=secret_name,
-                secret_version=secret_version,
-                holder_id=holder_id,
-                outcome=outcome,
-                reason=reason,
-                detail=detail[:_MAX_DETAIL],
-                sequence=self._sequence,
-                prev_hash=self._prev_hash,
-                signature=b"",
-            )
-            encoded = await self.send(self.topics.audit, record)
-            self._sequence += 1
-            self._prev_hash = hashlib.sha256(encoded).digest()
+    async def send_all(self, records: Sequence[Outgoing]) -> None:
+        """Send `records` in order and return once every one is acknowledged."""
+        if self._send_many is not None:
+            await self._send_many(records)
+            return
+        for topic, key, value in records:
+            await self._send(topic, key, value)
+
+    async def audit(self, action: str, **fields: Any) -> None:
+        """Append one record to this service's signed audit chain and wait for its acknowledgement.
+
+        `fields` are the keyword arguments of ``AuditLog.record``.
+        """
+        await self._audit.record_many([{"action": action, **fields}])
+
+    async def audit_many(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Append the records of one step as one batch and wait for all their acknowledgements."""
+        await self._audit.record_many(entries)
 
     async def dead_letter(self, source_topic: str, partition: int, offset: int, payload: bytes, reason: str) -> None:
         """Report an undecodable record on ``{p}.deadletter``: its size and hash, never its bytes."""
@@ -111,3 +124,35 @@ class Outbox:
             at_ms=self.now_ms(),
         )
         await self.send(self.topics.deadletter, letter)
+
+
+class _UnsignedChain:
+    """The unsigned in-memory chain of callers that pass no AuditWriter; it restarts at 0 with the process."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._sequence = 0
+        self._prev_hash = bytes(DIGEST_LENGTH)
+        self._lock = asyncio.Lock()
+
+    async def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[AuditRecord]:
+        written = []
+        async with self._lock:
+            for entry in entries:
+                fields = {**_UNSIGNED_DEFAULTS, **entry}
+                fields["detail"] = fields["detail"][:_MAX_DETAIL]
+                record = AuditRecord(
+                    at_ms=self._outbox.now_ms(), actor=self._outbox.actor, sequence=self._sequence,
+                    prev_hash=self._prev_hash, signature=b"", **fields,
+                )
+                encoded = await self._outbox.send(self._outbox.topics.audit, record)
+                self._sequence += 1
+                self._prev_hash = hashlib.sha256(encoded).digest()
+                written.append(record)
+        return written
+
+
+_UNSIGNED_DEFAULTS: Mapping[str, Any] = {
+    "operation_id": "", "app_id": "", "secret_name": "", "secret_version": 0,
+    "holder_id": "", "outcome": "", "reason": "", "detail": "",
+}

@@ -39,6 +39,7 @@ from schemas.messages import (
     Reason,
 )
 from shardbus.crypto import envelope
+from shardbus.audit import AuditUnavailable
 from shardbus.errors import DecodeError, Denied
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable
 from streams.admission import Admission
@@ -67,6 +68,10 @@ class HoldersUnavailable(Denied):
 
 
 DenyFn = Callable[..., Awaitable[None]]
+
+#: The detail of an audit_unavailable reply: the app learns that nothing was
+#: done and that it may retry, not where the audit log lives.
+AUDIT_UNAVAILABLE_DETAIL = "the audit log did not acknowledge the decision, so nothing was done; retry later"
 
 
 class Provisioning:
@@ -160,16 +165,21 @@ class Provisioning:
         request, secret_version, lease_ttl_ms = pending_entry
         try:
             await self._load_and_fetch(request, secret_version, lease_ttl_ms, reply)
-        except Denied as denial:
-            await self._deny(
-                request.operation_id, request.app_id, denial.reason, denial.detail,
-                secret_name=request.secret_name, secret_version=secret_version,
-                holders=getattr(denial, "holders", ()),
+        except AuditUnavailable:
+            denial = Denied(Reason.AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE_DETAIL)
+        except Denied as exc:
+            denial = exc
+        else:
+            return
+        await self._deny(
+            request.operation_id, request.app_id, denial.reason, denial.detail,
+            secret_name=request.secret_name, secret_version=secret_version,
+            holders=getattr(denial, "holders", ()),
+        )
+        if holder_ids:
+            await self._release(
+                request.operation_id, request.secret_name, secret_version, holder_ids, "denied before any fetch"
             )
-            if holder_ids:
-                await self._release(
-                    request.operation_id, request.secret_name, secret_version, holder_ids, "denied before any fetch"
-                )
 
     async def _load_and_fetch(
         self, request: OperationRequest, secret_version: int, lease_ttl_ms: int, reply: ProvisionReply
@@ -205,17 +215,22 @@ class Provisioning:
         deadline_ms = self._now_ms() + self._window_ms
         targets = [target for target, _ in loads]
         plan = self._planner.plan(request, version, targets, deadline_ms=deadline_ms, lease_ttl_ms=lease_ttl_ms)
-        await self._outbox.send(self._outbox.topics.plans, plan)
+        outbox = self._outbox
+        outgoing = [outbox.outgoing(outbox.topics.plans, plan)]
+        entries = []
         for target, backup in loads:
-            topic = self._outbox.topics.holder(target.holder_id)
-            await self._outbox.send(topic, store_command(request.secret_name, version, target, backup))
+            topic = outbox.topics.holder(target.holder_id)
             fetch = self._planner.fetch(request.operation_id, request.secret_name, version, target, deadline_ms=deadline_ms)
-            await self._outbox.send(topic, fetch)
-            await self._outbox.audit(
-                "fetch.sent", operation_id=request.operation_id, app_id=request.app_id,
+            outgoing.append(outbox.outgoing(topic, store_command(request.secret_name, version, target, backup)))
+            outgoing.append(outbox.outgoing(topic, fetch))
+            entries.append(dict(
+                action="fetch.sent", operation_id=request.operation_id, app_id=request.app_id,
                 secret_name=request.secret_name, secret_version=version.version, holder_id=target.holder_id,
                 outcome="sent", detail=f"fragment {target.index} loaded from the backup store",
-            )
+            ))
+        # The fetches are audited before any is sent; AuditUnavailable stops them all.
+        await outbox.audit_many(entries)
+        await outbox.send_all(outgoing)
 
     async def _release(
         self, operation_id: str, secret_name: str, secret_version: int, holder_ids: tuple[str, ...], detail: str
