@@ -108,7 +108,7 @@ async def ensure_topics(
     the number of brokers, at most MAX_DEFAULT_REPLICATION: 1 on a
     development broker, 3 on a cluster. Topics that exist keep their
     replication. Raises ConfigError when the cluster has fewer brokers than
-    the replication factor asks for. `kafka_options` defaults to
+    the replication factor. `kafka_options` defaults to
     `client_options()` of this process.
     """
     names = list(names)

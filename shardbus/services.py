@@ -62,6 +62,9 @@ class ServiceGroup:
         env.update(self.service_env.get(name, {}))
         env[READY_FILE_ENV] = str(ready_file)
         env.setdefault("SHARDBUS_HOLDERS_ON_STOP", self.holders_on_stop)
+        # One instance of each service per group, so a fixed id is unique, and
+        # a service started again after kill() rejoins its group at once.
+        env.setdefault("SHARDBUS_INSTANCE_ID", "1")
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
             [sys.executable, *SERVICES[name], *self.service_args.get(name, [])],

@@ -24,6 +24,11 @@ differ from faust's defaults, for the reasons given beside each one:
 - ``consumer_max_fetch_size`` and ``producer_max_request_size`` above the
   largest message of the wire contract (a sealed 1 MiB fragment), where
   faust's defaults are 1 MiB.
+- ``stream_wait_empty=False``: a stop or a rebalance does not wait for the
+  record an agent is handling. The agents acknowledge a record only after
+  handling it (streams.agents), so an unfinished record is not committed and
+  is handled again later; with the wait, a record left unacknowledged at a
+  stop would hold the stop forever.
 - ``web_enabled=False``: the services expose no HTTP endpoint.
 - ``store="memory://"``: the services keep no faust tables, because their
   state lives in Redis (see the reassembler's module docstring).
@@ -38,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -56,6 +62,14 @@ log = logging.getLogger(__name__)
 #: operation reach the same reassembler instance.
 DEFAULT_PARTITIONS = 4
 
+#: Environment variable naming this instance of a service among the instances
+#: of its consumer group, such as the host name; each running instance needs
+#: its own. With it set, the consumer joins as a static member (Kafka's
+#: group.instance.id), so an instance restarted after a crash takes its
+#: partitions back at once. Without it, the group waits for the dead
+#: member's session to time out (60 s, faust's default) before it rebalances.
+INSTANCE_ENV = "SHARDBUS_INSTANCE_ID"
+
 # A fetch must hold at least one record of the largest message type, plus
 # room for the record headers and batch framing.
 _FETCH_SIZE = MAX_MESSAGE_SIZE + 64 * 1024
@@ -70,20 +84,25 @@ def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
 
     With the SHARDBUS_KAFKA_TLS_* variables set, its consumer and producer
     connect with mutual TLS (faust takes the SSL context as its broker
-    credentials).
+    credentials). With SHARDBUS_INSTANCE_ID set, the consumer is a static
+    member of its group (see INSTANCE_ENV).
     """
     options = client_options()
     credentials = {"broker_credentials": options["ssl_context"]} if "ssl_context" in options else {}
+    instance = os.environ.get(INSTANCE_ENV, "").strip()
+    membership = {"consumer_group_instance_id": f"{app_id}-{instance}"} if instance else {}
     return faust.App(
         app_id,
         broker=f"kafka://{kafka_bootstrap}",
         **credentials,
+        **membership,
         store="memory://",
         web_enabled=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=1000,
         broker_commit_interval=0.5,
+        stream_wait_empty=False,
         consumer_max_fetch_size=_FETCH_SIZE,
         producer_max_request_size=_FETCH_SIZE,
         key_serializer="raw",

@@ -77,6 +77,10 @@ log = logging.getLogger(__name__)
 # same operation at once while the number of locks stays fixed.
 _LOCK_STRIPES = 64
 
+#: Seconds after start-up during which no deadline is judged, so that the
+#: agent first handles the records that queued up while no reassembler ran.
+CATCH_UP_GRACE_S = 10.0
+
 
 class Reassembler:
     """The reassembler's handling of plans, responses and deadlines, independent of faust."""
@@ -334,9 +338,16 @@ def build_app(app: faust.App, reassembler: Reassembler, stopped: asyncio.Event) 
         await handle_in_order(stream, reassembler.handle, stopped=stopped, what="record")
 
     failures = RepeatedFailureLog(log, "sending the final replies of operations past their deadline")
+    built_at = time.monotonic()
 
     @app.timer(0.25, name="reassembler.deadlines")
     async def deadlines() -> None:
+        # A reassembler that starts after a crash first works through the
+        # fragments that arrived while none ran. Judging deadlines before that
+        # would answer fragment_missing for fragments already on the topic.
+        # NOTE: a backlog that takes longer than the grace still can.
+        if time.monotonic() - built_at < CATCH_UP_GRACE_S:
+            return
         try:
             await reassembler.expire()
         except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next tick retries.
