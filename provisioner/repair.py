@@ -236,13 +236,20 @@ class HolderRepair:
             await self._release(holder.holder_id, name, version.version, "restoring the fragment failed")
             raise
 
+        # The audit record comes before the placement moves, as every audit
+        # record comes before the action it describes.
+        detail = f"replaces {failed_id}: fragment {placement.index} restored from the backup store"
+        await self._audit("holder.replaced", secret_name=name, secret_version=version.version,
+                          holder_id=holder.holder_id, outcome="replaced", detail=detail)
         replacement = Placement(index=placement.index, holder_id=holder.holder_id, key_slot=BACKUP_SLOT)
         if not await self._mapping.replace_placement(name, version.version, failed_id, replacement):
             log.info("holder %s was replaced meanwhile; releasing the spare holder %s", failed_id, holder.holder_id)
+            await self._audit("holder.replace_abandoned", secret_name=name, secret_version=version.version,
+                              holder_id=holder.holder_id, outcome="abandoned",
+                              detail=f"fragment {placement.index} of {failed_id} was placed elsewhere meanwhile")
             await self._release(holder.holder_id, name, version.version, "the fragment was placed elsewhere")
             return
 
-        detail = f"replaces {failed_id}: fragment {placement.index} restored from the backup store"
         log.info("replaced holder %s of secret %r v%d by holder %s (fragment %d)",
                  failed_id, name, version.version, holder.holder_id, placement.index)
         await self._announce(LifecycleEvent(
@@ -250,8 +257,6 @@ class HolderRepair:
             operation_id="", secret_name=name, secret_version=version.version, detail=detail,
             holders=(failed_id, holder.holder_id),
         ))
-        await self._audit("holder.replaced", secret_name=name, secret_version=version.version,
-                          holder_id=holder.holder_id, outcome="replaced", detail=detail)
 
     async def _placement_of(self, name: str, holder_id: str) -> tuple[VersionRecord, Placement] | None:
         record = await self._mapping.get(name)
