@@ -1,4 +1,4 @@
-"""Topics get the replication the deployment asks for, and refuse what the cluster cannot give."""
+"""Topics get the configured replication, and a factor the cluster cannot give is rejected."""
 
 from __future__ import annotations
 

@@ -47,8 +47,8 @@ from streams.planning import FetchTarget, Planner
 
 pytestmark = pytest.mark.integration
 
-#: Upper bound for anything these tests wait for; a faust app joins its group
-#: in a few seconds on the development stack, a rebalance in a few more.
+#: Upper bound for anything these tests wait for. A faust app joins its group
+#: in a few seconds on the development stack, and a rebalance takes a few more.
 WAIT_S = 60.0
 
 Handler = Callable[[InputRecord], Awaitable[None]]
@@ -302,7 +302,7 @@ async def _committed_is(bootstrap: str, group: str, offset: int, *, partitions: 
 
 
 async def test_deadline_expires_after_restart(redis_url, redis_prefix) -> None:
-    # A reassembler stores a plan whose holders never answer, then "crashes".
+    # A reassembler stores a plan whose holders never respond, then "crashes".
     # A new reassembler, sharing only Redis, must still end the operation at
     # its deadline with fragment_missing.
     keys = envelope.EnvelopeKeyPair.generate()
