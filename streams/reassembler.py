@@ -48,6 +48,7 @@ from schemas.messages import (
 )
 from schemas.sealed import PlanContext
 from schemas.topics import Topics
+from shardbus.audit import AuditLog
 from shardbus.config import Settings
 from shardbus.crypto import envelope
 from shardbus.deployment import load_reassembler_key
@@ -67,7 +68,7 @@ from streams.assembly import FragmentRejected, open_context, open_fragment, seal
 from streams.agents import ReliableProducer, handle_in_order
 from streams.handling import InputRecord, RepeatedFailureLog
 from streams.opstate import OperationState, OperationStore
-from streams.outbox import Outbox, SendFn
+from streams.outbox import AuditWriter, Outbox, Outgoing, SendFn, SendManyFn
 from streams.replies import ReplyLedger
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,14 @@ class Reassembler:
         redis_prefix: str,
         topics: Topics,
         send: SendFn,
+        audit: AuditWriter,
+        send_many: SendManyFn | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topics = topics
         self._keys = keys
         self._clock = clock
-        self.outbox = Outbox(send, topics, "reassembler", clock=clock)
+        self.outbox = Outbox(send, topics, "reassembler", audit=audit, send_many=send_many, clock=clock)
         self._store = OperationStore(redis, redis_prefix)
         self._ledger = ReplyLedger(redis, redis_prefix)
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
@@ -191,10 +194,15 @@ class Reassembler:
         if state.empty:
             return True
         reply = codec.decode(stored, (LeaseReply, ErrorReply))
+        plan = None if state.plan is None else codec.decode(state.plan, OperationPlan)
         log.info("sending the claimed reply of operation %s again", operation_id)
-        await self.outbox.send_encoded(self.topics.replies(reply.app_id), operation_id.encode(), stored)
-        if state.plan is not None:
-            await self._announce_completed(codec.decode(state.plan, OperationPlan), reply)
+        # The interrupted run may have stopped before its record was
+        # acknowledged, so the reply is audited again before it is sent again.
+        await self.outbox.audit_many([_final_entry(reply, plan, again=True)])
+        outgoing = [(self.topics.replies(reply.app_id), operation_id.encode(), stored)]
+        if plan is not None:
+            outgoing.append(self._completed(plan, reply))
+        await self.outbox.send_all(outgoing)
         await self._store.wipe(operation_id)
         return True
 
@@ -283,34 +291,32 @@ class Reassembler:
             return _error(plan, Reason.INTERNAL_ERROR, "the verified fragments do not match the secret's digest")
 
     async def _finish(self, plan: OperationPlan, reply: LeaseReply | ErrorReply) -> None:
-        """Claim, send and announce the final reply, then wipe the operation's state."""
+        """Claim, audit, send and announce the final reply, then wipe the operation's state."""
         encoded = codec.encode(reply)
         stored = await self._ledger.claim(plan.operation_id, encoded)
         if stored is not None:
             # Another attempt claimed first; its bytes are the reply, never ours.
             encoded = stored
             reply = codec.decode(stored, (LeaseReply, ErrorReply))
-        await self.outbox.send_encoded(self.topics.replies(plan.app_id), plan.operation_id.encode(), encoded)
         if isinstance(reply, LeaseReply):
-            log.info("issued the lease of operation %s on secret %r to app %s",
+            log.info("issuing the lease of operation %s on secret %r to app %s",
                      plan.operation_id, plan.secret_name, plan.app_id)
-            await self.outbox.audit(
-                "lease.issued", operation_id=plan.operation_id, app_id=plan.app_id, secret_name=plan.secret_name,
-                secret_version=plan.secret_version, outcome="issued", detail=f"expires at {reply.expires_at_ms} ms",
-            )
         else:
             log.warning("operation %s on secret %r failed: %s (%s) holders %s",
                         plan.operation_id, plan.secret_name, reply.reason, reply.detail, ", ".join(reply.holders))
-            await self.outbox.audit(
-                "operation.failed", operation_id=plan.operation_id, app_id=plan.app_id,
-                secret_name=plan.secret_name, secret_version=plan.secret_version, outcome="failed",
-                reason=str(reply.reason), detail=reply.detail,
-            )
-        await self._announce_completed(plan, reply)
+        # The claim comes first, so that only one reply is ever audited and
+        # sent as new; the record comes before the reply it describes. When
+        # the record fails, the claim stays and the retry sends the claimed
+        # reply, audited again (_finish_claimed).
+        await self.outbox.audit_many([_final_entry(reply, plan)])
+        await self.outbox.send_all([
+            (self.topics.replies(plan.app_id), plan.operation_id.encode(), encoded),
+            self._completed(plan, reply),
+        ])
         await self._store.wipe(plan.operation_id)
 
-    async def _announce_completed(self, plan: OperationPlan, reply: LeaseReply | ErrorReply) -> None:
-        # The provisioner tears down per-operation holders on this event.
+    def _completed(self, plan: OperationPlan, reply: LeaseReply | ErrorReply) -> Outgoing:
+        """Return the LifecycleEvent that announces the operation's end; the provisioner tears down its holders on it."""
         event = LifecycleEvent(
             event=EventKind.OPERATION_COMPLETED,
             at_ms=self._now_ms(),
@@ -321,7 +327,21 @@ class Reassembler:
             detail="lease issued" if isinstance(reply, LeaseReply) else f"failed: {reply.reason}",
             holders=tuple(slot.holder_id for slot in plan.holders),
         )
-        await self.outbox.send(self.topics.lifecycle, event)
+        return self.outbox.outgoing(self.topics.lifecycle, event)
+
+
+def _final_entry(reply: LeaseReply | ErrorReply, plan: OperationPlan | None, *, again: bool = False) -> dict[str, object]:
+    """Return the audit entry of a final reply: ``lease.issued`` or ``operation.failed``."""
+    ids = dict(operation_id=reply.operation_id, app_id=reply.app_id)
+    if plan is not None:
+        ids.update(secret_name=plan.secret_name, secret_version=plan.secret_version)
+    if isinstance(reply, LeaseReply):
+        entry = dict(action="lease.issued", outcome="issued", detail=f"expires at {reply.expires_at_ms} ms", **ids)
+    else:
+        entry = dict(action="operation.failed", outcome="failed", reason=str(reply.reason), detail=reply.detail, **ids)
+    if again:
+        entry.update(outcome="sent_again", detail=f"claimed reply sent again after an interrupted run; {entry['detail']}")
+    return entry
 
 
 def _error(plan: OperationPlan, reason: Reason, detail: str, holders: tuple[str, ...] = ()) -> ErrorReply:
@@ -369,24 +389,29 @@ async def serve(
     app = make_app(f"{settings.topic_prefix}-reassembler", settings.kafka_bootstrap)
     redis = Redis.from_url(settings.redis_url)
     producer = ReliableProducer(settings.kafka_bootstrap, client_id="reassembler")
+    audit = AuditLog.from_settings(settings, "reassembler")
 
     reassembler = Reassembler(
-        keys=keys, redis=redis, redis_prefix=redis_prefix or settings.topic_prefix, topics=topics, send=producer.send
+        keys=keys, redis=redis, redis_prefix=redis_prefix or settings.topic_prefix, topics=topics,
+        send=producer.send, send_many=producer.send_many, audit=audit,
     )
     build_app(app, reassembler, stopped)
 
     async def start() -> None:
         await producer.start()
         await create_topics()
+        # The audit log creates its own topic, with unlimited retention.
+        await audit.start()
 
     async def create_topics() -> None:
         bootstrap = settings.kafka_bootstrap
         await ensure_topics(bootstrap, [topics.plans, topics.fragments], partitions=partitions, config=LARGE_RECORD_CONFIG)
         await check_copartitioned(bootstrap, topics.plans, topics.fragments)
-        await ensure_topics(bootstrap, [topics.lifecycle, topics.audit, topics.deadletter], partitions=partitions)
+        await ensure_topics(bootstrap, [topics.lifecycle, topics.deadletter], partitions=partitions)
 
     async def close() -> None:
         await producer.stop()
+        await audit.close()
         await redis.aclose()
 
     log.info("reassembler for prefix %s with a %s key", topics.prefix, keys.kem)
