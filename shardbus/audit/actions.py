@@ -35,6 +35,12 @@ HOLDERS_LOADED = "holders.loaded"
 HOLDER_TORN_DOWN = "holder.torn_down"
 #: A holder went back to the warm pool.
 HOLDER_RETURNED = "holder.returned"
+#: The controlling domain stored the first version of a secret.
+SECRET_STORED = "secret.stored"
+#: The controlling domain stored a new version of a secret.
+SECRET_ROTATED = "secret.rotated"
+#: The controlling domain destroyed a secret's fragments and forgot it.
+SECRET_DELETED = "secret.deleted"
 
 #: Actions that reply to the application: one per operation is expected.
 FINAL_REPLIES = frozenset({REQUEST_DENIED, LEASE_ISSUED, OPERATION_FAILED})

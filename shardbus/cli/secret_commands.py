@@ -80,8 +80,12 @@ def read_secret(args: argparse.Namespace) -> bytearray:
 async def open_store(settings: Settings) -> AsyncIterator[SecretStore]:
     from provisioner.api import request_holders
 
+    from shardbus.audit.writer import AuditLog
+
     master_key = MasterKey.load(settings.master_key_path)
     topics = Topics(settings.topic_prefix)
+    audit = AuditLog.from_settings(settings, "controller")
+    await audit.start()
     redis = Redis.from_url(settings.redis_url)
     try:
         mapping = MappingTable(redis, master_key, prefix=settings.topic_prefix)
@@ -95,10 +99,11 @@ async def open_store(settings: Settings) -> AsyncIterator[SecretStore]:
 
         yield SecretStore(
             bootstrap=settings.kafka_bootstrap, topics=topics, master_key=master_key,
-            mapping=mapping, request_holders=holders_for,
+            mapping=mapping, request_holders=holders_for, audit=audit,
         )
     finally:
         await redis.aclose()
+        await audit.close()
 
 
 async def _put(args: argparse.Namespace) -> int:

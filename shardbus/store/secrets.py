@@ -7,6 +7,10 @@ on its own topic, waits for every holder to acknowledge, and only then
 records the placement in the mapping table. A secret whose holders did not
 all acknowledge is not recorded, so a request never reaches a half-stored
 secret.
+
+With an audit log, each change is recorded (secret.stored, secret.rotated,
+secret.deleted) before the mapping table changes; when the record cannot be
+written, the change does not happen.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas import codec
 from schemas.messages import DestroyFragment, EventKind, HolderAck, LifecycleEvent, StoreFragment
 from schemas.topics import Topics
+from shardbus.audit import actions
+from shardbus.audit.writer import AuditLog
 from shardbus.crypto import aead
 from shardbus.crypto.keys import MasterKey
 from shardbus.errors import ConfigError, DecodeError, ServiceUnavailable
@@ -61,6 +67,7 @@ class SecretStore:
         request_holders: RequestHolders,
         ack_timeout_s: float = 15.0,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -69,6 +76,11 @@ class SecretStore:
         self._request_holders = request_holders
         self._ack_timeout_s = ack_timeout_s
         self._clock = clock
+        self._audit = audit
+
+    async def _record(self, action: str, name: str, version: int, detail: str) -> None:
+        if self._audit is not None:
+            await self._audit.record(action, secret_name=name, secret_version=version, outcome="done", detail=detail)
 
     async def put(self, name: str, secret: bytes, policy: Policy, lifecycle: str) -> StoredVersion:
         """Store a new secret; raise ConfigError if the name is taken."""
@@ -97,6 +109,7 @@ class SecretStore:
         record = await self._mapping.get(name)
         if record is None:
             raise ConfigError(f"secret {name!r} not found; 'shardbus secret list' shows the stored secrets")
+        await self._record(actions.SECRET_DELETED, name, record.current, "fragments destroyed on every holder")
         unacknowledged: list[str] = []
         for version in record.versions.values():
             unacknowledged += await self._destroy_version(name, version)
@@ -163,6 +176,10 @@ class SecretStore:
             digest=fragment_set.digest,
         )
         versions = {version: version_record}
+        await self._record(
+            actions.SECRET_STORED if previous is None else actions.SECRET_ROTATED, name, version,
+            f"{policy.threshold}-of-{policy.fragments}, {lifecycle}",
+        )
         await self._mapping.put(SecretRecord(name=name, current=version, versions=versions))
         log.info(
             "stored secret %r version %d as %d-of-%d (%s, %s)",

@@ -50,6 +50,7 @@ async def test_audit_trail_verifies_and_replays(audit_env, capsys):
     status, output = await _cli(capsys, "verify")
     assert status == 0, output
     assert "BREAK" not in output
+    assert "partition 0:" in output, "the secret store wrote no audit record"
     assert "partition 1:" in output and "partition 2:" in output
 
     status, output = await _cli(capsys, "replay", "--format", "jsonl")
