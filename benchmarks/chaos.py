@@ -11,6 +11,7 @@ prints what every request got:
 
 | Scenario | Fault |
 |---|---|
+| baseline | none: the same load without a fault, for comparison |
 | holder | SIGKILL one pooled holder; the repair replaces it |
 | authorizer, reassembler, provisioner | SIGKILL the service, then start it again at once |
 | broker | SIGKILL one of the three Kafka nodes; start it again after ``--broker-down`` seconds |
@@ -37,7 +38,7 @@ from benchmarks.chaos_load import Report, SteadyLoad
 from benchmarks.chaos_stack import PrivateStack
 from shardbus.demo_watch import LifecycleWatcher
 
-SCENARIOS = ("holder", "authorizer", "reassembler", "provisioner", "broker", "redis")
+SCENARIOS = ("baseline", "holder", "authorizer", "reassembler", "provisioner", "broker", "redis")
 SERVICES = ("authorizer", "reassembler", "provisioner")
 
 #: Node of the private cluster that the broker scenario kills.
@@ -89,6 +90,8 @@ async def run_scenario(
 async def _inject(scenario: str, deployment: ChaosDeployment, shape: LoadShape, stack: PrivateStack | None,
                   fault_at: float) -> str:
     loop = asyncio.get_running_loop()
+    if scenario == "baseline":
+        return "no fault"
     if scenario == "holder":
         return await _kill_holder(deployment, fault_at)
     if scenario in SERVICES:
@@ -142,8 +145,9 @@ def format_table(outcomes: list[Outcome]) -> str:
 async def _main(args: argparse.Namespace) -> int:
     shape = LoadShape(rate=args.rate, duration_s=args.duration, fault_after_s=args.fault_after,
                       wait_s=args.wait, broker_down_s=args.broker_down)
-    stack = PrivateStack(args.stack_dir)
-    print(f"starting a private 3-node cluster and Redis in {stack.state_dir}", file=sys.stderr)
+    stack = PrivateStack(args.stack_dir, cluster=not args.single_broker)
+    kind = "a single Kafka node" if args.single_broker else "a 3-node Kafka cluster"
+    print(f"starting a private stack with {kind} and Redis in {stack.state_dir}", file=sys.stderr)
     began = time.monotonic()
     await asyncio.to_thread(stack.up)
     deployment = ChaosDeployment(stack.bootstrap, stack.redis_url)
@@ -170,8 +174,9 @@ async def _main(args: argparse.Namespace) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated scenarios to run, in order (default {','.join(SCENARIOS)})")
+    parser.add_argument("--scenarios", default=None,
+                        help=f"comma-separated scenarios to run, in order (default {','.join(SCENARIOS)}, "
+                        "without broker when --single-broker is given)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of load per scenario (default 40)")
     parser.add_argument("--fault-after", type=float, default=10.0,
@@ -187,13 +192,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=int, default=2, help="fragments needed per secret (default 2)")
     parser.add_argument("--stack-dir", type=Path, default=None,
                         help="state folder of a private stack to use again (default: a new temporary one)")
+    parser.add_argument("--single-broker", action="store_true",
+                        help="run the private stack with one Kafka node instead of three (no broker scenario)")
     parser.add_argument("--keep-stack", action="store_true",
                         help="leave the private stack running afterwards, for another run with --stack-dir")
     args = parser.parse_args(argv)
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.scenarios is None:
+        args.scenarios = [s for s in SCENARIOS if not (args.single_broker and s == "broker")]
+    else:
+        args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+    if args.single_broker and "broker" in args.scenarios:
+        parser.error("the broker scenario needs the 3-node cluster; drop --single-broker or the scenario")
     if args.fault_after >= args.duration:
         parser.error(f"--fault-after ({args.fault_after:g}) must be shorter than --duration ({args.duration:g})")
     return args

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import signal
-import socket
+import random
 import subprocess
 import tempfile
 import time
@@ -37,30 +37,44 @@ EXIT_TIMEOUT_S = 30.0
 _SETTINGS_FILE = "chaos-stack.json"
 
 
-def free_port_pairs(count: int) -> list[int]:
+def free_port_pairs(count: int, *, rng: random.Random | None = None) -> list[int]:
     """Return `count` ports p such that p and p + 1 are both free now.
 
     A cluster node listens on its broker port and on the next one for its
-    controller. The ports are free when checked, which is good enough for a
-    private stack started right after.
+    controller. The ports come from below the kernel's range of ephemeral
+    ports, so that outgoing connections do not take them between this check
+    and the start of the stack.
     """
+    rng = rng or random.Random()
+    low, high = 20000, min(_ephemeral_start(), 32768)
     found: list[int] = []
     while len(found) < count:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + 1 > 65534 or any(abs(port - other) < 2 for other in found):
+        port = rng.randrange(low, high - 1)
+        if any(abs(port - other) < 2 for other in found):
             continue
         if not processes.port_in_use(port) and not processes.port_in_use(port + 1):
             found.append(port)
     return found
 
 
-class PrivateStack:
-    """A 3-node KRaft cluster and a Redis server with persistence, in a folder of their own."""
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default start of the range.
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+
+class PrivateStack:
+    """A 3-node KRaft cluster and a Redis server with persistence, in a folder of their own.
+
+    With `cluster` False the stack has one Kafka node instead, which suits
+    every scenario but the broker failure.
+    """
+
+    def __init__(self, state_dir: Path | None = None, *, cluster: bool = True) -> None:
         """Use the stack in `state_dir` with the ports it was made with, or make a new one on free ports."""
+        self.cluster = cluster
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="shardbus-chaos-stack-"))
         settings_file = self.state_dir / _SETTINGS_FILE
         if settings_file.exists():
@@ -82,7 +96,7 @@ class PrivateStack:
 
     @property
     def bootstrap(self) -> str:
-        return self.config.bootstrap(True)
+        return self.config.bootstrap(self.cluster)
 
     @property
     def redis_url(self) -> str:
@@ -90,8 +104,8 @@ class PrivateStack:
 
     def up(self) -> None:
         """Start whatever part of the stack is not running, and wait until it is ready."""
-        subprocess.run([str(STACK_SCRIPT), "up", "--cluster"], env=self.env, check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        command = [str(STACK_SCRIPT), "up"] + (["--cluster"] if self.cluster else [])
+        subprocess.run(command, env=self.env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def down(self, *, remove: bool = True) -> None:
         """Stop every process of the stack, and delete its folder when `remove` is set."""
@@ -102,6 +116,8 @@ class PrivateStack:
 
     def broker_pid(self, node_id: int) -> int:
         """Return the pid of cluster node `node_id` (1 to 3); raise RuntimeError if it does not run."""
+        if not self.cluster:
+            raise RuntimeError("this private stack has a single Kafka node, so no broker can fail alone")
         service = kafka_service(self.config, self.config.cluster[node_id - 1])
         record = processes.find_running(service.pid_file, service.markers)
         if record is None:
