@@ -18,14 +18,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import codec
 from schemas.holders import HolderLifecycle, ProvisionReply, ProvisionRequest
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics
+from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class ProvisionerClient:
         try:
             await producer.start()
             await consumer.start()
-            await consumer.topics()  # Loads the partition count of the reply topic.
-            partitions = [TopicPartition(self.reply_topic, n)
-                          for n in sorted(consumer.partitions_for_topic(self.reply_topic) or {0})]
+            partitions = await topic_partitions(consumer, [self.reply_topic])
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
             for partition in partitions:

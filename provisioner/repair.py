@@ -36,7 +36,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from provisioner.api import GrantedHolder, ProvisionerClient
 from provisioner.registry import HolderRegistry, HolderState
@@ -44,7 +44,7 @@ from schemas import codec
 from schemas.holders import EventKind, HolderAck, HolderLifecycle, LifecycleEvent, StoreFragment
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import client_options
+from shardbus.kafka import client_options, topic_partitions
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable, Placement, VersionRecord
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,7 @@ class HolderAcks:
                                     **client_options())
         await consumer.start()
         try:
-            await consumer.topics()  # Loads the partition count of the lifecycle topic.
-            topic = self._topics.lifecycle
-            partitions = [TopicPartition(topic, n) for n in sorted(consumer.partitions_for_topic(topic) or {0})]
+            partitions = await topic_partitions(consumer, [self._topics.lifecycle])
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
             for partition in partitions:

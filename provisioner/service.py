@@ -42,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -67,7 +67,7 @@ from schemas.holders import (
 )
 from schemas.topics import Topics
 from shardbus.errors import DecodeError, ServiceUnavailable
-from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics
+from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics, topic_partitions
 from shardbus.readiness import mark_ready
 
 if TYPE_CHECKING:
@@ -182,12 +182,7 @@ class Provisioner:
 
     async def _assign_from_end(self, topic_names: list[str]) -> None:
         assert self._consumer is not None
-        await self._consumer.topics()  # Loads the cluster metadata, partition counts included.
-        partitions = [
-            TopicPartition(name, number)
-            for name in topic_names
-            for number in sorted(self._consumer.partitions_for_topic(name) or {0})
-        ]
+        partitions = await topic_partitions(self._consumer, topic_names)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from schemas import codec
 from schemas.messages import LifecycleEvent
 from schemas.topics import Topics
 from shardbus.errors import DecodeError
+from shardbus.kafka import topic_partitions
 from shardbus.kafka import client_options
 
 
@@ -22,11 +23,7 @@ class LifecycleWatcher:
 
     async def __aenter__(self) -> LifecycleWatcher:
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = self._consumer.partitions_for_topic(self._topic) or {0}
-        assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        assigned = await topic_partitions(self._consumer, [self._topic])
         self._consumer.assign(assigned)
         await self._consumer.seek_to_end(*assigned)
         for partition in assigned:

@@ -193,3 +193,26 @@ async def delete_topics(
                 pass
     finally:
         await admin.close()
+
+
+async def topic_partitions(consumer: Any, topics: Iterable[str], *, timeout_s: float = 15.0) -> list[Any]:
+    """Return every partition of each topic, refreshing the consumer's metadata until all are known.
+
+    `consumer.topics()` does not fill `partitions_for_topic()` in aiokafka
+    0.14, so a reader that trusted it would see only partition 0 of a topic
+    another service created with more. Raises ServiceUnavailable naming a
+    topic that does not appear within `timeout_s`.
+    """
+    from aiokafka import TopicPartition
+
+    names = list(topics)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        known = {name: consumer.partitions_for_topic(name) for name in names}
+        missing = [name for name, partitions in known.items() if not partitions]
+        if not missing:
+            return [TopicPartition(name, number) for name in names for number in sorted(known[name])]
+        if asyncio.get_running_loop().time() > deadline:
+            raise ServiceUnavailable(f"topic {missing[0]} has no partitions after {timeout_s:g} s; was it created?")
+        await asyncio.sleep(0.2)
