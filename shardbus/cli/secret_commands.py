@@ -133,8 +133,15 @@ async def _rotate(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    unreadable: list[str] = []
     async with open_store(Settings.from_env()) as store:
-        records = await store.list()
+        records = await store.list(unreadable=unreadable)
+    for tag in unreadable:
+        print(
+            f"shardbus: warning: mapping record {tag} does not open with this master key "
+            "(tampered, or from another deployment); 'shardbus secret delete NAME' removes it",
+            file=sys.stderr,
+        )
     if not records:
         print("no secrets stored")
         return 0

@@ -36,7 +36,7 @@ from redis.exceptions import WatchError
 
 from shardbus.crypto import aead
 from shardbus.crypto.keys import MasterKey
-from shardbus.errors import DecodeError
+from shardbus.errors import DecodeError, IntegrityError
 
 RECORD_VERSION = 2
 #: The formats `_open_tagged` reads.
@@ -141,14 +141,24 @@ class MappingTable:
             removed, _ = await pipe.execute()
         return bool(removed)
 
-    async def list(self) -> list[SecretRecord]:
-        """Return every stored secret's record, sorted by name."""
+    async def list(self, *, unreadable: list[str] | None = None) -> list[SecretRecord]:
+        """Return every stored secret's record, sorted by name.
+
+        A record that does not open (tampered, or sealed under another
+        master key) is skipped, so one bad record does not hide the others;
+        its tag is appended to `unreadable` when given.
+        """
         records = []
         for tag in await self._redis.smembers(f"{self._prefix}:secrets"):
             tag = tag.decode() if isinstance(tag, bytes) else tag
             blob = await self._redis.get(f"{self._prefix}:secret:{tag}")
-            if blob is not None:
+            if blob is None:
+                continue
+            try:
                 records.append(self._open_tagged(tag, blob))
+            except (IntegrityError, DecodeError):
+                if unreadable is not None:
+                    unreadable.append(tag)
         return sorted(records, key=lambda r: r.name)
 
     async def replace_placement(self, name: str, version: int, failed_holder_id: str, replacement: Placement) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,17 +27,31 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import codec
 from schemas.messages import DestroyFragment, EventKind, HolderAck, LifecycleEvent, StoreFragment
+from schemas.fields import SECRET_NAME_PATTERN
 from schemas.topics import Topics
 from shardbus.audit import actions
 from shardbus.audit.writer import AuditLog
 from shardbus.crypto import aead
 from shardbus.crypto.keys import MasterKey
-from shardbus.errors import ConfigError, DecodeError, ServiceUnavailable
+from shardbus.errors import ConfigError, DecodeError, IntegrityError, ServiceUnavailable
 from shardbus.kafka import client_options
 from shardbus.sharing.fragmentation import Policy, split_secret
 from shardbus.store.mapping import BACKUP_SLOT, LIFECYCLES, MappingTable, Placement, SecretRecord, VersionRecord
 
 log = logging.getLogger(__name__)
+
+MAX_SECRET_NAME = 200
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+
+
+def check_secret_name(name: str) -> None:
+    """Raise ValueError unless `name` is a valid secret name (the wire contract's rule)."""
+    if not isinstance(name, str) or len(name) > MAX_SECRET_NAME or not _SECRET_NAME.fullmatch(name):
+        shown = name if isinstance(name, str) and len(name) <= 60 else f"{str(name)[:60]}…"
+        raise ValueError(
+            f"invalid secret name {shown!r}: use 1 to {MAX_SECRET_NAME} of A-Z a-z 0-9 . _ - /, "
+            "with no leading '/' and no empty, '.' or '..' segment, e.g. db/password"
+        )
 
 #: Asks the provisioner for holders: (count, lifecycle, secret name, version) -> holder ids.
 RequestHolders = Callable[[int, str, str, int], Awaitable[Sequence[str]]]
@@ -84,12 +99,14 @@ class SecretStore:
 
     async def put(self, name: str, secret: bytes, policy: Policy, lifecycle: str) -> StoredVersion:
         """Store a new secret; raise ConfigError if the name is taken."""
+        check_secret_name(name)
         if await self._mapping.get(name) is not None:
             raise ConfigError(f"secret {name!r} already exists; use 'shardbus secret rotate {name}' for a new version")
         return await self._store_version(name, secret, policy, lifecycle, previous=None)
 
     async def rotate(self, name: str, secret: bytes, policy: Policy | None = None, lifecycle: str | None = None) -> StoredVersion:
         """Store a new version of an existing secret, then destroy the old one."""
+        check_secret_name(name)
         previous = await self._mapping.get(name)
         if previous is None:
             raise ConfigError(f"secret {name!r} not found; use 'shardbus secret put {name}' to create it")
@@ -106,7 +123,15 @@ class SecretStore:
         Returns the holders that did not acknowledge the destruction (dead
         ones, typically); their fragments die with their process.
         """
-        record = await self._mapping.get(name)
+        try:
+            record = await self._mapping.get(name)
+        except (IntegrityError, DecodeError):
+            # The record cannot be read, so its placements are unknown: remove
+            # the record and backups anyway, so the name can be used again.
+            log.warning("the mapping record of %r does not open; removing it without its placements", name)
+            await self._record(actions.SECRET_DELETED, name, 0, "unreadable record removed")
+            await self._mapping.delete(name)
+            return []
         if record is None:
             raise ConfigError(f"secret {name!r} not found; 'shardbus secret list' shows the stored secrets")
         await self._record(actions.SECRET_DELETED, name, record.current, "fragments destroyed on every holder")
@@ -116,17 +141,34 @@ class SecretStore:
         await self._mapping.delete(name)
         return unacknowledged
 
-    async def list(self) -> list[SecretRecord]:
-        return await self._mapping.list()
+    async def list(self, *, unreadable: list[str] | None = None) -> list[SecretRecord]:
+        return await self._mapping.list(unreadable=unreadable)
 
     async def _store_version(
         self, name: str, secret: bytes, policy: Policy, lifecycle: str, previous: SecretRecord | None
+    ) -> StoredVersion:
+        version = 1 if previous is None else max(previous.versions) + 1
+        try:
+            return await self._write_version(name, version, secret, policy, lifecycle, previous)
+        except BaseException:
+            # Nothing points at this version yet, so its backups and any
+            # fragments already on holders are garbage: remove them.
+            await self._discard_version(name, version)
+            raise
+
+    async def _discard_version(self, name: str, version: int) -> None:
+        try:
+            await self._mapping.delete_backups(name, version)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            log.warning("could not remove the backups of %r version %d after a failed store: %s", name, version, exc)
+
+    async def _write_version(
+        self, name: str, version: int, secret: bytes, policy: Policy, lifecycle: str, previous: SecretRecord | None
     ) -> StoredVersion:
         if lifecycle not in LIFECYCLES:
             raise ValueError(f"lifecycle must be one of {LIFECYCLES}, got {lifecycle!r}")
         if not secret:
             raise ValueError("the secret is empty; give at least one byte")
-        version = 1 if previous is None else max(previous.versions) + 1
         key_version = self._master_key.version
         verify_key = self._master_key.verify_key(name, version)
         fragment_set = split_secret(secret, policy, secret_id=name, version=version, verify_key=verify_key)
@@ -163,6 +205,7 @@ class SecretStore:
                 placements.append(Placement(index=fragment.index, holder_id=holder_id))
             missing = await self._send_and_await_acks(commands)
             if missing:
+                await self._destroy_placements(name, version, placements)
                 raise ServiceUnavailable(
                     f"holders {', '.join(missing)} did not acknowledge their fragment of {name!r} "
                     f"within {self._ack_timeout_s:g} s; the secret was not stored, try again"
@@ -191,28 +234,33 @@ class SecretStore:
         )
 
     async def _destroy_version(self, name: str, version: VersionRecord) -> list[str]:
+        return await self._destroy_placements(name, version.version, version.placements)
+
+    async def _destroy_placements(self, name: str, version: int, placements: Sequence[Placement]) -> list[str]:
+        """Destroy one version's fragments on its holders; return the holders that did not ack."""
+        if not placements:
+            return []
         commands = [
             DestroyFragment(
-                holder_id=p.holder_id, secret_name=name, secret_version=version.version,
+                holder_id=p.holder_id, secret_name=name, secret_version=version,
                 request_id=uuid.uuid4().hex,
             )
-            for p in version.placements
+            for p in placements
         ]
-        missing = await self._send_and_await_acks(commands) if commands else []
-        if version.placements:
-            await self._announce_holders_released(name, version)
+        missing = await self._send_and_await_acks(commands)
+        await self._announce_holders_released(name, version, [p.holder_id for p in placements])
         return missing
 
-    async def _announce_holders_released(self, name: str, version: VersionRecord) -> None:
+    async def _announce_holders_released(self, name: str, version: int, holder_ids: list[str]) -> None:
         event = LifecycleEvent(
             event=EventKind.HOLDERS_RELEASED,
             at_ms=int(self._clock() * 1000),
             holder_id="",
             operation_id="",
             secret_name=name,
-            secret_version=version.version,
+            secret_version=version,
             detail="fragments destroyed; the holders may be torn down",
-            holders=tuple(p.holder_id for p in version.placements),
+            holders=tuple(holder_ids),
         )
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **client_options())
         await producer.start()

@@ -78,6 +78,9 @@ def test_cli_run_exit_status_passed_through(shardbus_deployment):
         (("secret", "put", "db/bad-policy", "--fragments", "2", "--threshold", "3"), b"x", b"invalid --fragments/--threshold"),
         (("secret", "put", "db/missing-file", "--file", "/nonexistent/secret"), b"", b"cannot read /nonexistent/secret"),
         (("secret", "rotate", "db/never-stored"), b"x", b"not found"),
+        (("secret", "put", "../evil", "--lifecycle", "per_operation"), b"x", b"invalid secret name '../evil'"),
+        (("secret", "put", "bad name"), b"x", b"invalid secret name 'bad name'"),
+        (("secret", "put", "a" * 201), b"x", b"invalid secret name"),
         (("secret", "delete", "db/never-stored"), b"", b"not found"),
         (("run", "--app", "billing", "--secret", "bad-binding", "--", "true"), b"", b"expected ENV=NAME"),
         (("run", "--app", "billing", "--secret", "X=db/a"), b"", b"no command given"),
@@ -110,3 +113,40 @@ async def test_deleted_secret_not_found(shardbus_deployment):
         with pytest.raises(Denied) as denied:
             await client.request("db/deleted")
     assert denied.value.reason == "secret_not_found"
+
+
+def test_cli_rejected_put_leaves_no_backup(shardbus_deployment):
+    import redis as redis_sync
+
+    prefix = shardbus_deployment.settings.topic_prefix
+    client = redis_sync.Redis.from_url(shardbus_deployment.settings.redis_url)
+    try:
+        before = len(list(client.scan_iter(match=f"{prefix}:backup:*")))
+        result = _cli(shardbus_deployment, "secret", "put", "../evil", stdin=b"x")
+        assert result.returncode == 2
+        assert len(list(client.scan_iter(match=f"{prefix}:backup:*"))) == before
+    finally:
+        client.close()
+
+
+def test_cli_unreadable_record_listed_and_deleted(shardbus_deployment):
+    import redis as redis_sync
+
+    from shardbus.crypto.keys import MasterKey
+    from shardbus.store.mapping import MappingTable
+
+    settings = shardbus_deployment.settings
+    assert _cli(shardbus_deployment, "secret", "put", "db/tampered", stdin=b"t").returncode == 0
+    tag = MappingTable(None, MasterKey.load(settings.master_key_path), prefix=settings.topic_prefix).tag("db/tampered")
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        client.set(f"{settings.topic_prefix}:secret:{tag}", b"garbage")
+    finally:
+        client.close()
+
+    listing = _cli(shardbus_deployment, "secret", "list")
+    assert listing.returncode == 0, listing.stderr.decode()
+    assert tag.encode() in listing.stderr
+    delete = _cli(shardbus_deployment, "secret", "delete", "db/tampered")
+    assert delete.returncode == 0, delete.stderr.decode()
+    assert tag.encode() not in _cli(shardbus_deployment, "secret", "list").stderr

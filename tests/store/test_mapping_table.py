@@ -86,3 +86,13 @@ async def test_mapping_delete_backups_of_one_version(redis, redis_prefix):
     await table.delete_backups("db/a", 1)
     assert await table.get_backup("db/a", 1, 1) is None
     assert await table.get_backup("db/a", 2, 1) == b"new"
+
+
+async def test_mapping_list_skips_unreadable_record(redis, redis_prefix):
+    table = MappingTable(redis, MasterKey.generate(), prefix=redis_prefix)
+    await table.put(_record("db/good"))
+    await table.put(_record("db/bad"))
+    await redis.set(f"{redis_prefix}:secret:{table.tag('db/bad')}", b"garbage")
+    unreadable: list[str] = []
+    assert [r.name for r in await table.list(unreadable=unreadable)] == ["db/good"]
+    assert unreadable == [table.tag("db/bad")]
