@@ -20,6 +20,7 @@ Everything not granted is denied.
 from __future__ import annotations
 
 import fnmatch
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,35 @@ def load_policy(path: str | Path) -> Policy:
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        stream = io.StringIO(text)
+        stream.name = str(path)  # so YAML errors name the file, not "<unicode string>"
+        document = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from None
     return parse_policy(document, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects a mapping with the same key twice.
+
+    Plain YAML keeps the last value, so a second `apps:` at the end of a
+    file would silently replace every app registered above it.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; each key may appear once", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
 def parse_policy(document: Any, *, source: str = "policy") -> Policy:

@@ -63,3 +63,10 @@ def test_policy_file_errors(tmp_path):
     bad.write_text("apps: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_policy(bad)
+
+
+def test_policy_duplicate_key_rejected(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"version: 1\napps:\n  billing:\n    verify_key: '{KEY}'\napps: {{}}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'apps'"):
+        load_policy(path)
