@@ -27,6 +27,8 @@ import signal
 import sys
 from pathlib import Path
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from provisioner.backend import HolderBackend
 from provisioner.config import ProvisionerConfig
 
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run(args))
     except ShardbusError as exc:
         logging.getLogger("provisioner").error("provisioner stopped: %s", exc)
+        return 1
+    except RedisConnectionError as exc:
+        logging.getLogger("provisioner").error(
+            "provisioner stopped: cannot reach Redis (%s); check SHARDBUS_REDIS_URL and that Redis runs", exc
+        )
         return 1
     return 0
 

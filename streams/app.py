@@ -48,6 +48,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import faust
+from redis.exceptions import ConnectionError as RedisConnectionError
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.base import MAX_MESSAGE_SIZE
@@ -167,11 +168,20 @@ async def run_until_stopped(
         log.info("%s stopped", app.conf.id)
 
 
-def run_main(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_main(
+    serve: Callable[[asyncio.Event], Awaitable[None]], *, prog: str = "", description: str = ""
+) -> None:
     """Run `serve` until SIGINT or SIGTERM, for a service's ``__main__``.
 
-    Exits with status 1 when `serve` raises a ShardbusError.
+    `--help` prints `description` (the service's settings) and exits. Exits
+    with status 1 when `serve` raises a ShardbusError or Redis is unreachable.
     """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog or None, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -187,4 +197,7 @@ def run_main(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     except ShardbusError as exc:
         # A missing key file or an unreachable broker: say so without a traceback.
         log.error("%s; the service did not start", exc)
+        raise SystemExit(1) from None
+    except RedisConnectionError as exc:
+        log.error("cannot reach Redis (%s); check SHARDBUS_REDIS_URL and that Redis runs", exc)
         raise SystemExit(1) from None

@@ -407,7 +407,7 @@ async def serve(
 
 def main() -> None:
     settings = Settings.from_env()
-    run_main(lambda stopped: serve(settings, stopped))
+    run_main(lambda stopped: serve(settings, stopped), prog='python -m streams.authorizer', description=__doc__)
 
 
 if __name__ == "__main__":
