@@ -99,6 +99,25 @@ class ShardbusClient:
         #: Records on the reply topic that were not a valid reply.
         self.rejected_replies = 0
 
+    @classmethod
+    def from_env(cls, app_id: str, *, key_path: str | None = None, **options: object) -> ShardbusClient:
+        """Build a client from the SHARDBUS_* settings, as the CLI does.
+
+        The signing key is read from `key_path`, or from
+        ``$SHARDBUS_HOME/apps/<app_id>.key`` where `shardbus app add` writes it.
+        """
+        from pathlib import Path
+
+        from shardbus.config import Settings
+        from shardbus.deployment import load_signing_key
+
+        settings = Settings.from_env()
+        path = Path(key_path) if key_path else settings.home / "apps" / f"{app_id}.key"
+        return cls(
+            settings.kafka_bootstrap, app_id, load_signing_key(path),
+            topics=Topics(settings.topic_prefix), **options,  # type: ignore[arg-type]
+        )
+
     async def __aenter__(self) -> ShardbusClient:
         await self.start()
         return self
@@ -141,7 +160,8 @@ class ShardbusClient:
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     f"reply topic {topic} does not exist; register the app with "
-                    f"'shardbus app register {self._app_id}' first"
+                    f"'shardbus app add {self._app_id} --grant PATTERN', and check that "
+                    f"SHARDBUS_TOPIC_PREFIX matches the deployment (this client uses {self._topics.prefix!r})"
                 )
             await self._consumer._client.force_metadata_update()  # noqa: SLF001
             await asyncio.sleep(0.2)
