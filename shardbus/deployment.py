@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -29,11 +30,12 @@ from shardbus.crypto import envelope
 from shardbus.crypto.keys import MasterKey
 from shardbus.crypto.signing import SigningKey
 from shardbus.errors import ConfigError
-from shardbus.policy import POLICY_VERSION, parse_policy
+from shardbus.policy import MAX_LEASE_TTL_S, POLICY_VERSION, parse_policy
 
 _PRIVATE_MAGIC = "shardbus-hpke-key"
 _PUBLIC_MAGIC = "shardbus-hpke-public"
 _FORMAT = "v1"
+_APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def init_deployment(home: Path, *, kem: str = "x25519") -> list[Path]:
@@ -84,6 +86,10 @@ def add_app(home: Path, app_id: str, grants: list[str], *, lease_ttl_s: int = 30
 
     Raises ConfigError when the app is already registered.
     """
+    if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
+        raise ConfigError(f"invalid app id {app_id!r}: use 1 to 64 of A-Z a-z 0-9 . _ -, e.g. billing")
+    if isinstance(lease_ttl_s, bool) or not 1 <= lease_ttl_s <= MAX_LEASE_TTL_S:
+        raise ConfigError(f"invalid --lease-ttl {lease_ttl_s}: use 1 to {MAX_LEASE_TTL_S} seconds")
     policy_path = home / "policy.yaml"
     document = _read_policy_document(policy_path)
     apps = document.setdefault("apps", {}) or {}

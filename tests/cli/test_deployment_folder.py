@@ -53,8 +53,10 @@ def test_app_add_rejects_duplicates_and_bad_ids(tmp_path):
     deployment.add_app(tmp_path, "billing", ["db/*"])
     with pytest.raises(ConfigError, match="already"):
         deployment.add_app(tmp_path, "billing", ["db/*"])
-    with pytest.raises(ConfigError, match="app id must match"):
+    with pytest.raises(ConfigError, match="invalid app id 'bad id'"):
         deployment.add_app(tmp_path, "bad id", ["db/*"])
+    with pytest.raises(ConfigError, match="invalid --lease-ttl 0"):
+        deployment.add_app(tmp_path, "payments", ["db/*"], lease_ttl_s=0)
 
 
 def test_key_file_errors_are_clear(tmp_path):
