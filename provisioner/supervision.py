@@ -67,6 +67,7 @@ class HolderSupervisor:
         #: Set by the provisioner when holders have certificates: deletes a holder's ACLs.
         self.revoke_access: Callable[[str], Awaitable[None]] | None = None
         self._keys: dict[str, bytes] = {}
+        self._ignored: dict[str, int] = {}
         self._last_seen: dict[str, float] = {}
         self._failed: set[str] = set()
         #: When each per-operation holder was handed out, in clock_ms milliseconds.
@@ -82,6 +83,13 @@ class HolderSupervisor:
         if per_operation:
             self._per_operation_since[holder_id] = self._clock_ms()
 
+    def _warn_ignored(self, holder_id: str, why: str) -> None:
+        # Anyone who can write to the heartbeats topic can forge heartbeats,
+        # so log the first and then every hundredth, not each one.
+        self._ignored[holder_id] = count = self._ignored.get(holder_id, 0) + 1
+        if count == 1 or count % 100 == 0:
+            log.warning("ignored heartbeat for holder %s %s (%d ignored so far)", holder_id, why, count)
+
     async def on_heartbeat(self, heartbeat: HolderHeartbeat) -> None:
         """Record a heartbeat of one of this provisioner's holders, if it is genuine."""
         holder_id = heartbeat.holder_id
@@ -89,8 +97,7 @@ class HolderSupervisor:
         if status is None or holder_id in self._failed:
             return  # Not a holder of this provisioner, or one already given up.
         if status.pid and status.pid != heartbeat.pid:
-            log.warning("ignored heartbeat for holder %s from pid %d, expected pid %d",
-                        holder_id, heartbeat.pid, status.pid)
+            self._warn_ignored(holder_id, f"from pid {heartbeat.pid}, expected pid {status.pid}")
             return
         pinned = self._keys.get(holder_id)
         if pinned is None:
@@ -98,7 +105,7 @@ class HolderSupervisor:
                 return
             self._keys[holder_id] = heartbeat.public_key
         elif pinned != heartbeat.public_key:
-            log.warning("ignored heartbeat for holder %s with a public key other than its first", holder_id)
+            self._warn_ignored(holder_id, "with a public key other than its first")
             return
         self._last_seen[holder_id] = time.monotonic()
         loaded = [(f.secret_name, f.secret_version, f.fragment_index) for f in heartbeat.loaded]
