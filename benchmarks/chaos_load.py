@@ -71,6 +71,8 @@ class Report:
     latencies: list[float] = field(default_factory=list)
     #: From the fault until the last impaired reply; 0 when no reply was impaired.
     recovery_s: float = 0.0
+    #: The longest time in which no reply at all arrived, while requests were outstanding.
+    longest_silence_s: float = 0.0
 
     def percentile(self, fraction: float) -> float:
         if not self.latencies:
@@ -194,7 +196,15 @@ class SteadyLoad:
                 last_impaired = max(last_impaired, impaired_until)
         if fault_at is not None:
             report.recovery_s = max(0.0, last_impaired - fault_at)
+        report.longest_silence_s = self._longest_silence()
         return report
+
+    def _longest_silence(self) -> float:
+        arrivals = sorted(op.replies[0][0] for op in self.operations.values() if op.replies)
+        if not arrivals:
+            return 0.0
+        start = min(op.sent_at for op in self.operations.values())
+        return max(later - earlier for earlier, later in zip([start] + arrivals, arrivals))
 
     async def _send(self, name: str) -> None:
         assert self._producer is not None
