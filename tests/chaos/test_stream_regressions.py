@@ -318,7 +318,7 @@ async def test_deadline_expires_after_restart(redis_url, redis_prefix) -> None:
     redis = Redis.from_url(redis_url)
     try:
         first = reassembler_module.Reassembler(keys=keys, redis=redis, redis_prefix=redis_prefix, topics=topics,
-                                               send=send, clock=lambda: now[0])
+                                               send=send, audit=_AuditRecorder(), clock=lambda: now[0])
         await first.handle(InputRecord(topics.plans, 0, 0, plan.operation_id.encode(), encoded))
         await first.expire()
         assert not [v for t, v in sent if t == topics.replies(plan.app_id)], "replied before the deadline"
@@ -326,7 +326,8 @@ async def test_deadline_expires_after_restart(redis_url, redis_prefix) -> None:
 
         now[0] += 6.0
         restarted = reassembler_module.Reassembler(keys=keys, redis=redis, redis_prefix=redis_prefix,
-                                                   topics=topics, send=send, clock=lambda: now[0])
+                                                   topics=topics, send=send, audit=_AuditRecorder(),
+                                                   clock=lambda: now[0])
         await restarted.expire()
     finally:
         await redis.aclose()
@@ -335,6 +336,17 @@ async def test_deadline_expires_after_restart(redis_url, redis_prefix) -> None:
     assert len(replies) == 1
     assert replies[0].reason == Reason.FRAGMENT_MISSING
     assert replies[0].operation_id == plan.operation_id
+
+
+class _AuditRecorder:
+    """Keeps the reassembler's audit entries in memory; this test is about deadlines, not the chain."""
+
+    def __init__(self) -> None:
+        self.entries: list = []
+
+    async def record_many(self, entries):
+        self.entries.extend(entries)
+        return []
 
 
 def _silent_plan(reassembler_key: envelope.PublicKey, *, deadline_ms: int) -> OperationPlan:
