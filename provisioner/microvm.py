@@ -368,15 +368,35 @@ class MicroVMBackend(HolderBackend):
             guest.writer.close()
         if guest.control is not None:
             guest.control.close()
-        # The relays exit once QEMU closes their sockets; this catches one
-        # that is still connecting to the broker.
-        for pid in find_relay_pids(holder_id):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        await self._end_relays(holder_id)
         code = "unknown, adopted" if guest.popen is None else guest.popen.returncode
         log.info("stopped holder %s (qemu pid %d, exit code %s)", holder_id, guest.pid, code)
+
+    @staticmethod
+    async def _end_relays(holder_id: str) -> None:
+        """End the guestfwd relays QEMU left behind for `holder_id`.
+
+        The relays exit once QEMU closes their sockets; one that is still
+        connecting to the broker gets SIGTERM, then SIGKILL, and the call
+        returns only when none is left, so a stopped holder leaves no
+        process behind.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (None, signal.SIGTERM, signal.SIGKILL):
+            pids = find_relay_pids(holder_id)
+            if not pids:
+                return
+            for pid in pids if signum is not None else ():
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+            deadline = loop.time() + (1.0 if signum is None else 5.0)
+            while find_relay_pids(holder_id) and loop.time() < deadline:
+                await asyncio.sleep(_EXIT_POLL_S)
+        left = find_relay_pids(holder_id)
+        if left:
+            log.warning("relays %s of holder %s survived SIGKILL", left, holder_id)
 
     @staticmethod
     async def _end(guest: _Guest, timeout_s: float) -> None:

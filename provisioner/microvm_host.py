@@ -91,8 +91,13 @@ def find_relay_pids(holder_id: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as file:
-                if mark in file.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
+                if mark not in file.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                # A zombie has exited and only waits for its parent to reap it.
+                if file.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue
+        except (OSError, IndexError):
             continue
+        found.append(int(entry))
     return found
