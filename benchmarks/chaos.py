@@ -21,7 +21,8 @@ The recovery time runs from the fault until the last reply that was an
 error or slower than 2 s, or until the client's timeout for a request that
 got no reply. It is 0 when no request was impaired, and it includes the
 time to work off the requests that queued up during the fault. "No reply
-for" is the longest time in which no reply at all arrived. Figures and the
+for" is the longest time in which no reply at all arrived, and "Load" the
+machine's 1-minute load average at the end of the scenario. Figures and the
 machine they came from are in docs/reliability.md.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class Outcome:
     scenario: str
     report: Report
     detail: str
+    #: The machine's 1-minute load average at the end of the scenario.
+    load_average: float = 0.0
 
 
 async def run_scenario(
@@ -86,7 +90,7 @@ async def run_scenario(
             detail += f"; request sends failed: {dict(load.send_failures)}"
     finally:
         await load.stop()
-    return Outcome(scenario, report, detail)
+    return Outcome(scenario, report, detail, os.getloadavg()[0])
 
 
 async def _inject(scenario: str, deployment: ChaosDeployment, shape: LoadShape, stack: PrivateStack | None,
@@ -147,15 +151,16 @@ def format_table(outcomes: list[Outcome]) -> str:
     """Return the outcomes as a Markdown table, one row per scenario."""
     lines = [
         "| Scenario | Sent | Leases | Errors | Lost | Late | Duplicates | Copies | p50 ms | p99 ms | Max ms "
-        "| No reply for s | Recovery s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| No reply for s | Recovery s | Load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for outcome in outcomes:
         r = outcome.report
         lines.append(
             f"| {outcome.scenario} | {r.sent} | {r.leases} | {r.error_text()} | {r.lost} | {r.late} | "
             f"{r.duplicates} | {r.copies} | {r.percentile(0.5) * 1000:.0f} | {r.percentile(0.99) * 1000:.0f} | "
-            f"{max(r.latencies, default=float('nan')) * 1000:.0f} | {r.longest_silence_s:.1f} | {r.recovery_s:.1f} |"
+            f"{max(r.latencies, default=float('nan')) * 1000:.0f} | {r.longest_silence_s:.1f} | {r.recovery_s:.1f} "
+            f"| {outcome.load_average:.1f} |"
         )
     lines.append("")
     lines += [f"- {outcome.scenario}: {outcome.detail}" for outcome in outcomes]
@@ -239,6 +244,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The load's own clients log every failed connection to a killed broker,
+    # which is the fault under test, not news.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return asyncio.run(_main(args))
 
 
