@@ -245,13 +245,12 @@ class Reassembler:
 
     @staticmethod
     def _still_waiting(plan: OperationPlan, state: OperationState) -> bool:
-        """Tell, without opening anything, that fewer than k usable responses are in and k can still arrive.
+        """Return True when fewer than k usable responses are in and k can still arrive.
 
-        Opening the plan and every fragment costs an HPKE decapsulation
-        each, so it waits until enough responses are in to rebuild the
-        secret. A fragment that does not verify is found, audited and
-        counted out then; until then it counts as usable, which never ends
-        an operation earlier than opening it would have.
+        Opening the plan and each fragment costs an HPKE decapsulation, so
+        the reassembler waits until k responses could rebuild the secret.
+        An invalid fragment counts as usable until then, when it is opened,
+        rejected and audited. So this check never ends an operation early.
         """
         usable = lost = 0
         for slot in plan.holders:
