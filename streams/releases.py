@@ -65,13 +65,15 @@ class Releases:
         operation_id, app_id = release.operation_id, release.app_id
         app = self._policy.app(app_id)
         if app is None:
-            await self._reject(record, release, Rejection.UNKNOWN_APP, f"app {app_id!r} is not in the policy file")
+            await self._reject(record, release, Rejection.UNKNOWN_APP,
+                               f"app {app_id!r}, which released operation {operation_id}, is not in the policy file")
             return
         try:
             signing.verify(app.verify_key, release.signing_bytes(), release.signature)
         except IntegrityError:
             await self._reject(record, release, Rejection.BAD_SIGNATURE,
-                               f"the signature does not verify with the key registered for app {app_id!r}")
+                               f"the signature of the release of operation {operation_id} does not verify "
+                               f"with the key registered for app {app_id!r}")
             return
 
         lease = await self._leases.get(operation_id)
