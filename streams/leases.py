@@ -1,7 +1,7 @@
 """Issued leases in Redis, how each one ends, and the sweep that expires them.
 
 The reassembler records every lease it issues, before it sends the
-LeaseReply. A lease then ends exactly once, in one of two ways:
+LeaseReply. A lease then ends once, in one of two ways:
 
 - **released**: the authorizer verified the app's signed ReleaseRequest
   (streams.releases) and ends the lease here;
@@ -12,8 +12,9 @@ Whoever ends a lease claims the end in Redis first, then writes the audit
 record (``lease.released`` or ``lease.expired``), then sends the
 LifecycleEvent (``lease_released`` or ``lease_expired``), then marks the end
 announced. A run cut short between the claim and the mark is finished by the
-next one. The claims are Lua scripts, so a release and a sweep, or two
-sweeps, that race on one lease see one winner.
+next one, which writes the audit record again if the first run had written
+it. The claims are Lua scripts, so a release and a sweep, or two sweeps,
+that race on one lease see one winner.
 
 For a deployment prefix ``P``::
 
@@ -116,7 +117,7 @@ return 'claimed'
 
 
 class Claim(enum.StrEnum):
-    """The answer to an attempt to end a lease."""
+    """The outcome of an attempt to end a lease."""
 
     #: This call ended the lease: the caller records and announces the end.
     CLAIMED = "claimed"
@@ -204,9 +205,9 @@ class LeaseBook:
 
     async def claim_expiry(self, operation_id: str, now_ms: int) -> Claim:
         """End the lease as expired if it is due and did not end before; return what happened."""
-        answer = await self._claim_expiry(keys=[self._key(operation_id), self._index],
-                                          args=[operation_id, now_ms, self._claim_ms])
-        return Claim(answer.decode())
+        outcome = await self._claim_expiry(keys=[self._key(operation_id), self._index],
+                                           args=[operation_id, now_ms, self._claim_ms])
+        return Claim(outcome.decode())
 
     async def drop_expiry_claim(self, operation_id: str) -> None:
         """Let the next sweep announce an expiry that this one failed to announce."""

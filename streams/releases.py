@@ -83,7 +83,7 @@ class Releases:
                                "or its record passed its retention")
             return
         if lease.app_id != app_id:
-            # The owner's id stays out of the message: the dead letter is read by operators of any app.
+            # The owner's id stays out of the message, because operators of any app read the dead letters.
             await self._reject(record, release, Rejection.NOT_LEASE_OWNER,
                                f"the lease of operation {operation_id} was issued to another app, not {app_id!r}")
             return
@@ -111,14 +111,14 @@ class Releases:
         await self._leases.mark_announced(lease.operation_id)
 
     async def _ignore(self, lease: Lease, claim: Claim) -> None:
-        # A release claim is announced, or it finds the lease expired (Claim.OTHER).
-        how = "released already" if claim is Claim.ANNOUNCED else "expired already"
+        # claim_release returns only ANNOUNCED or OTHER here, and OTHER means that the lease expired.
+        ended = "released already" if claim is Claim.ANNOUNCED else "expired already"
         log.info("ignored a release of operation %s by app %s: the lease was %s",
-                 lease.operation_id, lease.app_id, how)
+                 lease.operation_id, lease.app_id, ended)
         await self._outbox.audit(
             "lease.release_ignored", operation_id=lease.operation_id, app_id=lease.app_id,
             secret_name=lease.secret_name, secret_version=lease.secret_version, outcome="ignored",
-            detail=f"the lease was {how}",
+            detail=f"the lease was {ended}",
         )
 
     async def _reject(self, record: InputRecord, release: ReleaseRequest, reason: Rejection, detail: str) -> None:
