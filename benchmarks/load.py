@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="secrets per policy, requested in turn, each with its own holders (default 1)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request waits for its reply (default 10)")
     parser.add_argument("--no-release", action="store_true",
-                        help="wipe each lease locally without sending lease_released")
+                        help="wipe each lease locally without sending a ReleaseRequest")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rates = sub.add_parser("rates", help="run fixed rates and print latency, CPU and memory for each")

@@ -6,7 +6,7 @@ reads it from the beginning: the topic is created just before the holder
 starts, so everything on it was meant for this holder.
 
 Replies go out keyed by ``Topics.partition_key``: FragmentResponse to
-``{p}.fragments``, HolderAck to ``{p}.lifecycle``, heartbeats to
+``{p}.fragments``, HolderAck to ``{p}.acks``, heartbeats to
 ``{p}.heartbeats``. A record that does not decode, or that names another
 holder, goes to ``{p}.deadletter`` as its size and SHA-256 only, and the
 holder carries on with the next record.
@@ -204,10 +204,10 @@ class HolderService:
                 reply_topic = self._topics.fragments
             elif isinstance(command, StoreFragment):
                 reply = self.handler.store_fragment(command)
-                reply_topic = self._topics.lifecycle
+                reply_topic = self._topics.acks
             else:
                 reply = self.handler.destroy_fragment(command)
-                reply_topic = self._topics.lifecycle
+                reply_topic = self._topics.acks
             await self._send(reply_topic, reply)
         except KafkaError as exc:
             log.error("holder %s could not send its reply to %s at offset %d: %s",

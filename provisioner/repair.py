@@ -11,7 +11,7 @@ the mapping table names in a placement, it
 
 1. asks the provisioner for one pooled holder;
 2. sends it a StoreFragment with the backup copy and key slot ``backup``,
-   and waits for its HolderAck;
+   and waits for its HolderAck on ``{p}.acks``;
 3. moves the placement to the new holder with key slot ``backup``, so the
    authorizer derives the fragment key for that slot from now on;
 4. announces ``holder_replaced`` naming the failed and the new holder, and
@@ -73,11 +73,11 @@ def pooled_holder_request(client: ProvisionerClient) -> RequestHolder:
 
 
 class HolderAcks:
-    """Sends holder commands and waits for their HolderAck on ``{p}.lifecycle``.
+    """Sends holder commands and waits for their HolderAck on ``{p}.acks``.
 
     The acknowledgements are read by a consumer of its own, from the end of
-    the topic, because the agent that runs the repair consumes the same
-    topic and cannot wait for a record behind the one it is handling.
+    the topic, so that only acknowledgements of commands sent after the
+    start are waited for.
     """
 
     def __init__(
@@ -97,12 +97,12 @@ class HolderAcks:
         self._pending: dict[str, asyncio.Future[HolderAck]] = {}
 
     async def start(self) -> None:
-        """Start reading acknowledgements from the end of ``{p}.lifecycle``."""
+        """Start reading acknowledgements from the end of ``{p}.acks``."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
                                     **client_options())
         await consumer.start()
         try:
-            partitions = await topic_partitions(consumer, [self._topics.lifecycle])
+            partitions = await topic_partitions(consumer, [self._topics.acks])
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
             for partition in partitions:
@@ -150,13 +150,12 @@ class HolderAcks:
         assert self._consumer is not None
         async for record in self._consumer:
             try:
-                message = codec.decode(record.value or b"", (HolderAck, LifecycleEvent))
+                message = codec.decode(record.value or b"", HolderAck)
             except DecodeError:
-                continue  # Other services dead-letter what they consume; this reader only listens.
-            if isinstance(message, HolderAck):
-                future = self._pending.get(message.request_id)
-                if future is not None and not future.done():
-                    future.set_result(message)
+                continue  # This reader only listens, so it does not dead-letter what it skips.
+            future = self._pending.get(message.request_id)
+            if future is not None and not future.done():
+                future.set_result(message)
 
 
 class HolderRepair:
@@ -182,17 +181,16 @@ class HolderRepair:
         self._clock_ms = clock_ms
 
     async def handle_encoded(self, value: bytes) -> None:
-        """Decode one record of ``{p}.lifecycle`` and handle it if it is a LifecycleEvent.
+        """Decode one record of ``{p}.lifecycle`` and handle it.
 
         Records that do not decode are left to the provisioner, which
         consumes the same topic and dead-letters them.
         """
         try:
-            message = codec.decode(value, (LifecycleEvent, HolderAck))
+            message = codec.decode(value, LifecycleEvent)
         except DecodeError:
             return
-        if isinstance(message, LifecycleEvent):
-            await self.handle(message)
+        await self.handle(message)
 
     async def handle(self, event: LifecycleEvent) -> None:
         """Replace the holder a ``holder_failed`` event names, if it had a placed fragment."""
@@ -205,8 +203,10 @@ class HolderRepair:
         version, placement = found
         record = await self._registry.get(failed_id)
         if record is None or record.state is not HolderState.FAILED:
-            # Anyone may write to the lifecycle topic, and the provisioner
-            # records a failure in the registry before it announces one.
+            # The provisioner records a failure in the registry before it
+            # announces one. An event the registry contradicts is stale, or
+            # forged where anyone may write the lifecycle topic (the
+            # plaintext development stack).
             log.warning("ignored holder_failed for holder %s: the registry has it as %s, not failed",
                         failed_id, "missing" if record is None else record.state.value)
             return

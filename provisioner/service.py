@@ -11,9 +11,11 @@ It consumes three topics:
   keep it alive. A heartbeat from a process other than the one started, or
   with another public key than the first, is ignored.
 - ``{p}.lifecycle``: ``operation_completed`` tears down the operation's
-  per-operation holders and refills the pool; it and ``lease_released`` make
-  the pooled holders they name ``holder_returned``. ``holders_released``
-  tears down the holders it names, whose fragments were destroyed.
+  per-operation holders and refills the pool; it, ``lease_released`` and
+  ``lease_expired`` make the pooled holders they name ``holder_returned``.
+  ``holders_released`` tears down the holders it names, whose fragments were
+  destroyed. With mutual TLS only the services may write this topic
+  (shardbus.certs.acls); holders acknowledge commands on ``{p}.acks``.
 
 A watcher marks a holder failed, with a ``holder_failed`` event, when its
 process exits or its heartbeats stop, and tears down a per-operation holder
@@ -57,7 +59,6 @@ from schemas.audit import DeadLetter
 from schemas.base import Message
 from schemas.holders import (
     EventKind,
-    HolderAck,
     HolderHeartbeat,
     HolderLifecycle,
     LifecycleEvent,
@@ -148,7 +149,8 @@ class Provisioner:
     async def run(self) -> None:
         """Adopt the holders still running, serve until stopped, then stop the pool."""
         consumed = [self.topics.provisioner, self.topics.heartbeats, self.topics.lifecycle]
-        await ensure_topics(self._bootstrap, consumed + [self.topics.deadletter])
+        # Its holders write acknowledgements to {p}.acks, which they may not create.
+        await ensure_topics(self._bootstrap, consumed + [self.topics.acks, self.topics.deadletter])
         self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id="provisioner",
                                           **RELIABLE_PRODUCER, **client_options())
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, client_id="provisioner",
@@ -238,7 +240,7 @@ class Provisioner:
         expected = {
             self.topics.provisioner: (ProvisionRequest,),
             self.topics.heartbeats: (HolderHeartbeat,),
-            self.topics.lifecycle: (LifecycleEvent, HolderAck),
+            self.topics.lifecycle: (LifecycleEvent,),
         }[record.topic]
         try:
             message = codec.decode(payload, expected)
@@ -269,7 +271,7 @@ class Provisioner:
                     self._spawn(self.teardown(holder_id, "its fragments were destroyed"), f"release-{holder_id}")
             self.pool.request_refill()
             return
-        if event.event not in (EventKind.OPERATION_COMPLETED, EventKind.LEASE_RELEASED):
+        if event.event not in (EventKind.OPERATION_COMPLETED, EventKind.LEASE_RELEASED, EventKind.LEASE_EXPIRED):
             return
         for holder_id in sorted(named):
             record = await self.registry.get(holder_id)

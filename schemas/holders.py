@@ -68,7 +68,9 @@ class EventKind(enum.StrEnum):
     HOLDERS_RELEASED = "holders_released"
     HOLDERS_LOADED = "holders_loaded"
     OPERATION_COMPLETED = "operation_completed"
+    #: The authorizer verified the app's signed ReleaseRequest for the lease.
     LEASE_RELEASED = "lease_released"
+    #: The lease reached its expiry without a release (sent by the reassembler).
     LEASE_EXPIRED = "lease_expired"
 
 
@@ -116,7 +118,7 @@ class DestroyFragment(Message):
 @message_type
 @dataclass(frozen=True, repr=False)
 class HolderAck(Message):
-    """A holder's acknowledgement of StoreFragment or DestroyFragment (-> ``{p}.lifecycle``).
+    """A holder's acknowledgement of StoreFragment or DestroyFragment (holder -> ``{p}.acks``).
 
     ``error`` is "" exactly when ``ok`` is true.
     """

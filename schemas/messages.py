@@ -36,6 +36,7 @@ from schemas.operations import (
     OperationPlan,
     OperationRequest,
     Reason,
+    ReleaseRequest,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "ProvisionRequest",
     "ProvisionedHolder",
     "Reason",
+    "ReleaseRequest",
     "StoreFragment",
     "WireRecord",
 ]

@@ -3,7 +3,8 @@
 An application sends an ``OperationRequest``. The authorizer replies with an
 ``ErrorReply``, or sends an ``OperationPlan`` to the reassembler and one
 ``FetchCommand`` per holder. Holders send a ``FragmentResponse`` each, and the
-reassembler replies with a ``LeaseReply`` or an ``ErrorReply``.
+reassembler replies with a ``LeaseReply`` or an ``ErrorReply``. When the
+application is done with the lease it sends a ``ReleaseRequest``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,54 @@ class OperationRequest(Message):
         wire = self.to_wire()
         del wire["signature"]
         return pack_canonical(wire)
+
+
+#: Domain label in front of the canonical encoding that a ReleaseRequest's
+#: signature covers. An OperationRequest signs its bare canonical encoding,
+#: which starts with a msgpack map header (0x80 to 0x8f, 0xde or 0xdf) and
+#: never with this label's first byte "s" (0x73). So a signature over one
+#: kind of message never verifies as a signature over the other.
+RELEASE_SIGNATURE_LABEL = b"shardbus/v1/release\x00"
+
+
+@message_type
+@dataclass(frozen=True, repr=False)
+class ReleaseRequest(Message):
+    """A signed end of a lease by the application it was issued to (app -> ``{p}.requests``).
+
+    ``signature`` is the Ed25519 signature by the app's registered key over
+    ``signing_bytes()``. As with OperationRequest, a release can be
+    constructed with an empty signature to compute ``signing_bytes()``, and
+    encode and decode reject it until it is signed. ``released_at_ms`` is
+    when the app wiped its copy of the secret.
+    """
+
+    max_size = 1024
+
+    operation_id: OperationId
+    app_id: AppId
+    released_at_ms: TimeMs
+    # Empty only while the release is being built, to compute signing_bytes().
+    signature: Annotated[bytes, Blob(64, lengths=(0, 64), label="an Ed25519 signature")]
+
+    def check_sendable(self) -> None:
+        if not self.signature:
+            raise FieldValueError(
+                "ReleaseRequest.signature",
+                "a 64-byte Ed25519 signature (sign signing_bytes() before sending)",
+                "empty bytes",
+            )
+
+    def signing_bytes(self) -> bytes:
+        """Return ``RELEASE_SIGNATURE_LABEL`` and the canonical msgpack encoding of every field but ``signature``.
+
+        The map includes "v" and "type" as OperationRequest's does, and the
+        label keeps the two signature domains apart even for a verifier that
+        does not check the type.
+        """
+        wire = self.to_wire()
+        del wire["signature"]
+        return RELEASE_SIGNATURE_LABEL + pack_canonical(wire)
 
 
 @dataclass(frozen=True, repr=False)

@@ -3,13 +3,15 @@
 Every topic name comes from ``Topics(prefix)``, so a test or a second
 deployment can run side by side with its own prefix::
 
-    {p}.requests             OperationRequest            key: operation id
+    {p}.requests             OperationRequest,           key: operation id
+                             ReleaseRequest
     {p}.plans                OperationPlan               key: operation id
     {p}.fragments            FragmentResponse            key: operation id
     {p}.replies.{app_id}     LeaseReply, ErrorReply      key: operation id
     {p}.holder.{holder_id}   FetchCommand                key: operation id
                              StoreFragment, DestroyFragment  key: holder id
-    {p}.lifecycle            LifecycleEvent, HolderAck   key: operation or holder id
+    {p}.lifecycle            LifecycleEvent              key: operation or holder id
+    {p}.acks                 HolderAck                   key: holder id
     {p}.heartbeats           HolderHeartbeat             key: holder id
     {p}.provisioner          ProvisionRequest            key: request id
     {p}.audit                AuditRecord                 key: operation id when set
@@ -61,6 +63,7 @@ from schemas.operations import (
     LeaseReply,
     OperationPlan,
     OperationRequest,
+    ReleaseRequest,
 )
 
 #: Kafka's limit on the length of a topic name.
@@ -75,6 +78,7 @@ _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # which topics rely on these keys for that.
 _KEY_FIELDS: dict[type[Message], tuple[str, ...]] = {
     OperationRequest: ("operation_id",),
+    ReleaseRequest: ("operation_id",),
     OperationPlan: ("operation_id",),
     FetchCommand: ("operation_id",),
     FragmentResponse: ("operation_id",),
@@ -128,6 +132,15 @@ class Topics:
         return f"{self.prefix}.lifecycle"
 
     @property
+    def acks(self) -> str:
+        """The topic of holders' HolderAck replies to StoreFragment and DestroyFragment.
+
+        It is apart from ``lifecycle`` so that holders need no write access
+        to the lifecycle topic, whose events make the provisioner act.
+        """
+        return f"{self.prefix}.acks"
+
+    @property
     def heartbeats(self) -> str:
         return f"{self.prefix}.heartbeats"
 
@@ -158,6 +171,7 @@ class Topics:
             self.plans,
             self.fragments,
             self.lifecycle,
+            self.acks,
             self.heartbeats,
             self.provisioner,
             self.audit,

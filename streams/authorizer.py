@@ -12,6 +12,8 @@ and one FetchCommand per live holder. An accepted request of a per-operation
 secret first gets its holders from the provisioner (streams.provisioning). The audit
 records are ``request.accepted`` and one ``fetch.sent`` per holder.
 
+A ReleaseRequest on the same topic ends the app's lease (streams.releases).
+
 Run it with ``python -m streams.authorizer``; it reads shardbus.config.Settings
 and these variables:
 
@@ -40,7 +42,7 @@ import faust
 from redis.asyncio import Redis
 
 from schemas import codec
-from schemas.messages import OperationRequest, ProvisionReply, Reason
+from schemas.messages import OperationRequest, ProvisionReply, Reason, ReleaseRequest
 from schemas.topics import Topics
 from shardbus.audit import AuditLog, AuditUnavailable
 from shardbus.config import Settings
@@ -60,8 +62,10 @@ from streams.denials import Denials, readable_ids
 from streams.handling import InputRecord, RepeatedFailureLog, is_retriable
 from shardbus.deployment import load_reassembler_public
 from streams.outbox import AuditWriter, Outbox, SendFn, SendManyFn
+from streams.leases import LeaseBook
 from streams.planning import FetchTarget, Planner
 from streams.provisioning import AUDIT_UNAVAILABLE_DETAIL, HoldersUnavailable, Provisioning, provisioned_topic
+from streams.releases import Releases
 from streams.replies import ReplyLedger
 from streams.topic_check import TopicCheck
 
@@ -138,6 +142,7 @@ class Authorizer:
             registered_apps=frozenset(policy.apps),
             seen=self.checks.seen,
         )
+        self.releases = Releases(policy=policy, leases=LeaseBook(redis, redis_prefix), outbox=self.outbox)
         self._planner = Planner(master_key, reassembler_key)
         self.provisioning = Provisioning(
             redis=redis,
@@ -155,11 +160,14 @@ class Authorizer:
         return int(self._clock() * 1000)
 
     async def handle_request(self, record: InputRecord) -> None:
-        """Check one record of ``{p}.requests``, then deny it or start its fetches."""
+        """Check one record of ``{p}.requests``, then deny it or start its fetches, or handle a release."""
         try:
-            request = codec.decode(record.value, OperationRequest)
+            request = codec.decode(record.value, (OperationRequest, ReleaseRequest))
         except DecodeError as exc:
             await self._reject_undecodable(record, str(exc))
+            return
+        if isinstance(request, ReleaseRequest):
+            await self.releases.handle(record, request)
             return
         try:
             admission = await self.checks.admit(request, record.partition, record.offset)
@@ -386,6 +394,8 @@ async def serve(
         await ensure_topics(bootstrap, [topics.requests, topics.provisioner, topics.lifecycle,
                                         topics.deadletter, provisioned_topic(topics.prefix)],
                             partitions=options.partitions)
+        # The holder repair waits for acknowledgements there (HolderAcks).
+        await ensure_topics(bootstrap, [topics.acks])
         await ensure_topics(bootstrap, [topics.plans, topics.fragments], partitions=options.partitions,
                             config=LARGE_RECORD_CONFIG)
         await ensure_topics(bootstrap, [topics.replies(app_id) for app_id in policy.apps], config=LARGE_RECORD_CONFIG)

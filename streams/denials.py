@@ -24,7 +24,7 @@ import msgpack
 
 from schemas import codec
 from schemas.fields import HEX32_PATTERN, NAME_PATTERN
-from schemas.messages import ErrorReply, LeaseReply, Reason
+from schemas.messages import ErrorReply, LeaseReply, Reason, ReleaseRequest
 from schemas.topics import Topics
 from shardbus.audit import AuditUnavailable
 from shardbus.errors import DecodeError
@@ -41,7 +41,7 @@ _MAX_DETAIL = 2048
 
 
 def readable_ids(payload: bytes) -> tuple[str, str] | None:
-    """Return (operation id, app id) from an undecodable request, if both can be read.
+    """Return (operation id, app id) from an undecodable request, if both can be read and it is no release.
 
     The payload failed strict decoding, so it is unpacked leniently, and the
     two ids are kept only when each matches its pattern. Binary fields are
@@ -52,7 +52,8 @@ def readable_ids(payload: bytes) -> tuple[str, str] | None:
         document: Any = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_ext_len=0)
     except Exception:  # noqa: BLE001 - any failure only means that no ids can be read.
         return None
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or document.get("type") == ReleaseRequest.type_name:
+        # A damaged release is no request, so it gets no ErrorReply.
         return None
     operation_id, app_id = document.get("operation_id"), document.get("app_id")
     if not isinstance(operation_id, str) or not _OPERATION_ID.fullmatch(operation_id):

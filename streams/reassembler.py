@@ -12,6 +12,11 @@ fragment_missing (naming the holders that sent none). Each operation gets
 exactly one final reply, claimed in Redis first (see streams.replies),
 followed by a LifecycleEvent ``operation_completed`` listing its holders.
 
+Each lease is recorded in Redis before its LeaseReply is sent, and a timer
+sweeps the leases that expired without a release: each gets the audit
+record ``lease.expired`` and the LifecycleEvent ``lease_expired``
+(streams.leases).
+
 The per-operation state lives in Redis (streams.opstate) rather than in a
 faust windowed table: it survives a crash of the process, it is shared by
 several reassembler instances, and it avoids faust's known bugs with
@@ -67,6 +72,7 @@ from streams.app import (
 from streams.assembly import FragmentRejected, open_context, open_fragment, seal_lease
 from streams.agents import ReliableProducer, handle_in_order
 from streams.handling import InputRecord, RepeatedFailureLog
+from streams.leases import SWEEP_INTERVAL_S, LeaseBook, LeaseExpiry
 from streams.opstate import OperationState, OperationStore
 from streams.outbox import AuditWriter, Outbox, Outgoing, SendFn, SendManyFn
 from streams.replies import ReplyLedger
@@ -104,6 +110,8 @@ class Reassembler:
         self.outbox = Outbox(send, topics, "reassembler", audit=audit, send_many=send_many, clock=clock)
         self._store = OperationStore(redis, redis_prefix)
         self._ledger = ReplyLedger(redis, redis_prefix)
+        self._leases = LeaseBook(redis, redis_prefix)
+        self.lease_expiry = LeaseExpiry(self._leases, self.outbox, clock=clock)
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _lock(self, operation_id: str) -> asyncio.Lock:
@@ -201,6 +209,7 @@ class Reassembler:
         await self.outbox.audit_many([_final_entry(reply, plan, again=True)])
         outgoing = [(self.topics.replies(reply.app_id), operation_id.encode(), stored)]
         if plan is not None:
+            await self._record_lease(plan, reply)
             outgoing.append(self._completed(plan, reply))
         await self.outbox.send_all(outgoing)
         await self._store.wipe(operation_id)
@@ -331,11 +340,21 @@ class Reassembler:
         # the record fails, the claim stays and the retry sends the claimed
         # reply, audited again (_finish_claimed).
         await self.outbox.audit_many([_final_entry(reply, plan)])
+        await self._record_lease(plan, reply)
         await self.outbox.send_all([
             (self.topics.replies(plan.app_id), plan.operation_id.encode(), encoded),
             self._completed(plan, reply),
         ])
         await self._store.wipe(plan.operation_id)
+
+    async def _record_lease(self, plan: OperationPlan, reply: LeaseReply | ErrorReply) -> None:
+        """Record a lease before its reply goes out, so that its release or expiry finds it."""
+        if isinstance(reply, LeaseReply):
+            await self._leases.record(
+                plan.operation_id, app_id=plan.app_id, secret_name=plan.secret_name,
+                secret_version=plan.secret_version, holders=tuple(slot.holder_id for slot in plan.holders),
+                expires_at_ms=reply.expires_at_ms,
+            )
 
     def _completed(self, plan: OperationPlan, reply: LeaseReply | ErrorReply) -> Outgoing:
         """Return the LifecycleEvent that announces the operation's end; the provisioner tears down its holders on it."""
@@ -382,6 +401,17 @@ def build_app(app: faust.App, reassembler: Reassembler, stopped: asyncio.Event) 
     failures = RepeatedFailureLog(log, "sending the final replies of operations past their deadline")
     built_at = time.monotonic()
 
+    lease_failures = RepeatedFailureLog(log, "recording the leases that expired without a release")
+
+    @app.timer(SWEEP_INTERVAL_S, name="reassembler.leases")
+    async def expire_leases() -> None:
+        try:
+            await reassembler.lease_expiry.sweep()
+        except Exception as exc:  # noqa: BLE001 - the timer must keep running; the next tick retries.
+            lease_failures.failed(exc)
+        else:
+            lease_failures.succeeded()
+
     @app.timer(0.25, name="reassembler.deadlines")
     async def deadlines() -> None:
         # A reassembler that starts after a crash first works through the
@@ -404,8 +434,9 @@ async def serve(
     *,
     redis_prefix: str | None = None,
     partitions: int = DEFAULT_PARTITIONS,
+    clock: Callable[[], float] = time.time,
 ) -> None:
-    """Run the reassembler until `stopped` is set."""
+    """Run the reassembler until `stopped` is set; `clock` dates its deadlines, leases and expiries."""
     keys = load_reassembler_key(settings.reassembler_key_path)
     topics = Topics(settings.topic_prefix)
     app = make_app(f"{settings.topic_prefix}-reassembler", settings.kafka_bootstrap)
@@ -415,7 +446,7 @@ async def serve(
 
     reassembler = Reassembler(
         keys=keys, redis=redis, redis_prefix=redis_prefix or settings.topic_prefix, topics=topics,
-        send=producer.send, send_many=producer.send_many, audit=audit,
+        send=producer.send, send_many=producer.send_many, audit=audit, clock=clock,
     )
     build_app(app, reassembler, stopped)
 

@@ -25,7 +25,7 @@ FRAGMENT_REJECTED = "fragment.rejected"
 LEASE_ISSUED = "lease.issued"
 #: The reassembler replied with an error after the request was accepted (reason: its code).
 OPERATION_FAILED = "operation.failed"
-#: The application released its lease.
+#: The authorizer verified the application's signed release of its lease.
 LEASE_RELEASED = "lease.released"
 #: The lease reached its expiry without a release.
 LEASE_EXPIRED = "lease.expired"

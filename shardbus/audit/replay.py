@@ -154,7 +154,8 @@ class Replayer:
         self.burst_window_ms = burst_window_ms
         self.stats = Stats()
         self._open: collections.OrderedDict[str, Timeline] = collections.OrderedDict()
-        self._flushed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Flushed operation ids, each with the lease ends its signed records showed.
+        self._flushed: collections.OrderedDict[str, frozenset[str]] = collections.OrderedDict()
         self._loaded_holders: dict[str, str] = {}
         self._denials: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self._corrupting: collections.Counter = collections.Counter()
@@ -207,7 +208,8 @@ class Replayer:
         try:
             message = codec.decode(item.value or b"", LifecycleEvent)
         except DecodeError:
-            # The lifecycle topic carries HolderAcks as well, which the replay skips.
+            # HolderAcks written before they moved to {p}.acks, and forged
+            # records, do not decode as events; the replay skips them.
             return
         event = Event(
             message.at_ms, "lifecycle", actions.lifecycle_action(message.event), message.holder_id,
@@ -222,6 +224,10 @@ class Replayer:
         timeline = self._open.get(operation_id) if operation_id else None
         if timeline is None:
             if not operation_id or operation_id in self._flushed:
+                if event.source == "lifecycle" and event.action in self._flushed.get(operation_id, ()):
+                    # The lease_released or lease_expired event that follows
+                    # the audit record of the same end repeats it.
+                    return
                 late = bool(operation_id)
                 self._loose(Loose(event, operation_id, app_id, secret_name, secret_version, late), holders)
                 return
@@ -256,7 +262,10 @@ class Replayer:
         for holder in timeline.holders_loaded:
             if self._loaded_holders.get(holder) == timeline.operation_id:
                 del self._loaded_holders[holder]
-        self._flushed[timeline.operation_id] = None
+        self._flushed[timeline.operation_id] = frozenset(
+            event.action for event in timeline.events
+            if event.source != "lifecycle" and event.action in (actions.LEASE_RELEASED, actions.LEASE_EXPIRED)
+        )
         while len(self._flushed) > _RECENTLY_FLUSHED:
             self._flushed.popitem(last=False)
         wanted = self.filters.matches(

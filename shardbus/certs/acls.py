@@ -4,13 +4,17 @@ The broker runs Kafka's StandardAuthorizer with
 ``allow.everyone.if.no.acl.found=false``, so a principal may do only what an
 ACL here allows. Each role gets what its code uses and nothing more:
 
-- an application writes requests and ``lease_released`` events and reads
+- an application writes requests (its signed releases included) and reads
   only its own reply topic;
 - a holder reads only its own command topic and writes fragments,
-  heartbeats, acknowledgements (on lifecycle) and dead letters;
+  heartbeats, acknowledgements and dead letters;
 - the services read and write the topics their consumers and producers
   name, create the topics they ensure at start-up, and use their faust
   consumer group (the authorizer and the reassembler).
+
+Only the services (authorizer, reassembler, provisioner, controller) may
+write ``{p}.lifecycle``, because its events make the provisioner tear
+holders down and hand them back to the pool.
 
 Kafka grants DESCRIBE with READ, WRITE, DELETE or ALTER, so a topic that a
 service only creates and then waits for also gets DESCRIBE.
@@ -121,7 +125,7 @@ class _Grants:
 
 def app_permissions(topics: Topics, app_id: str) -> tuple[Permission, ...]:
     grants = _Grants(principals.app_principal(topics.prefix, app_id))
-    grants.topics(Operation.WRITE, topics.requests, topics.lifecycle)
+    grants.topics(Operation.WRITE, topics.requests)
     grants.topics(Operation.READ, topics.replies(app_id))
     return grants.result()
 
@@ -129,7 +133,7 @@ def app_permissions(topics: Topics, app_id: str) -> tuple[Permission, ...]:
 def holder_permissions(topics: Topics, holder_id: str) -> tuple[Permission, ...]:
     grants = _Grants(principals.holder_principal(topics.prefix, holder_id))
     grants.topics(Operation.READ, topics.holder(holder_id))
-    grants.topics(Operation.WRITE, topics.fragments, topics.heartbeats, topics.lifecycle, topics.deadletter)
+    grants.topics(Operation.WRITE, topics.fragments, topics.heartbeats, topics.acks, topics.deadletter)
     return grants.result()
 
 
@@ -146,10 +150,10 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
         grants.topic_prefix(Operation.WRITE, reply_topics)
         grants.topics(Operation.CREATE, topics.requests, topics.provisioner, topics.lifecycle, topics.deadletter,
                       provisioned_topic(topics), topics.plans, topics.fragments)
-        # Holder repair asks the provisioner for a replacement holder, loads
-        # it and waits for its acknowledgement on lifecycle.
-        grants.topics(Operation.READ, provisioner_replies_topic(topics), topics.lifecycle)
-        grants.topics(Operation.CREATE, provisioner_replies_topic(topics))
+        # Holder repair reads the lifecycle topic, asks the provisioner for a
+        # replacement holder, loads it and waits for its acknowledgement.
+        grants.topics(Operation.READ, provisioner_replies_topic(topics), topics.lifecycle, topics.acks)
+        grants.topics(Operation.CREATE, provisioner_replies_topic(topics), topics.acks)
         grants.topics(Operation.DESCRIBE, topics.fragments)
         grants.topic_prefix(Operation.CREATE, reply_topics)
         grants.audit(topics)
@@ -164,7 +168,10 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
         grants.topics(Operation.READ, topics.provisioner, topics.heartbeats, topics.lifecycle)
         grants.topics(Operation.WRITE, topics.lifecycle, topics.deadletter, provisioned_topic(topics),
                       provisioner_replies_topic(topics))
-        grants.topics(Operation.CREATE, topics.provisioner, topics.heartbeats, topics.lifecycle, topics.deadletter)
+        grants.topics(Operation.CREATE, topics.provisioner, topics.heartbeats, topics.lifecycle, topics.acks,
+                      topics.deadletter)
+        # The acknowledgement topic is created for the holders, which may not create it.
+        grants.topics(Operation.DESCRIBE, topics.acks)
         for operation in (Operation.CREATE, Operation.DELETE):
             grants.topic_prefix(operation, holder_topics)
         # Granting and revoking each holder's ACLs.
@@ -174,7 +181,7 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
     elif role == "controller":
         grants.topics(Operation.WRITE, topics.lifecycle, topics.provisioner)
         grants.topic_prefix(Operation.WRITE, holder_topics)
-        grants.topics(Operation.READ, topics.lifecycle, provisioner_replies_topic(topics))
+        grants.topics(Operation.READ, topics.lifecycle, topics.acks, provisioner_replies_topic(topics))
         grants.topics(Operation.CREATE, topics.provisioner, provisioner_replies_topic(topics))
         grants.topic_prefix(Operation.CREATE, reply_topics)
         grants.topic_prefix(Operation.DESCRIBE, reply_topics)

@@ -14,10 +14,12 @@ Redis, so they get no user.
 | ``{p}:seen:*``, ``{p}:pending*`` | read, write | - | - | - |
 | ``{p}:replied:*`` (reply claims) | read, write | read, write | - | - |
 | ``{p}:op:*``, ``{p}:deadlines`` | - | read, write | - | - |
+| ``{p}:lease:*``, ``{p}:leases`` (issued leases) | read, write | read, write | - | - |
 | ``{p}:holder:*``, ``{p}:holders:*`` (registry) | read | - | read, write | - |
 
 The authorizer writes mapping table records because its holder repair moves
-a fragment's placement to a replacement holder.
+a fragment's placement to a replacement holder. The reassembler records each
+lease it issues and ends it on expiry; the authorizer ends it on a release.
 
 Each role may run every command except those in the ``@admin`` and
 ``@dangerous`` categories (CONFIG, ACL, FLUSHALL, KEYS, ...), and no Pub/Sub
@@ -60,11 +62,12 @@ def key_access(prefix: str, role: str) -> KeyAccess:
     mapping = (f"{prefix}:secret:*", f"{prefix}:secrets", f"{prefix}:backup:*")
     registry = (f"{prefix}:holder:*", f"{prefix}:holders:*")
     replies = (f"{prefix}:replied:*",)
+    leases = (f"{prefix}:lease:*", f"{prefix}:leases")
     if role == "authorizer":
         own = (f"{prefix}:seen:*", f"{prefix}:pending:*", f"{prefix}:pending-deadlines", f"{prefix}:secret:*")
-        return KeyAccess(own + replies, (f"{prefix}:secrets", f"{prefix}:backup:*") + registry)
+        return KeyAccess(own + replies + leases, (f"{prefix}:secrets", f"{prefix}:backup:*") + registry)
     if role == "reassembler":
-        return KeyAccess((f"{prefix}:op:*", f"{prefix}:deadlines") + replies)
+        return KeyAccess((f"{prefix}:op:*", f"{prefix}:deadlines") + replies + leases)
     if role == "provisioner":
         return KeyAccess(registry)
     if role == "controller":

@@ -2,7 +2,9 @@
 
 A client publishes a signed OperationRequest and waits for the one final
 reply for its operation id on the application's reply topic: a LeaseReply
-sealed to a fresh HPKE key made for that request, or an ErrorReply.
+sealed to a fresh HPKE key made for that request, or an ErrorReply. When the
+application is done, ``release()`` wipes the secret and publishes a signed
+ReleaseRequest, which the authorizer verifies before it ends the lease.
 
 Several client instances of one application may share the reply topic: each
 reads every reply and ignores the operation ids it did not send.
@@ -22,14 +24,14 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas import codec
-from schemas.messages import ErrorReply, LeaseReply, LifecycleEvent, OperationRequest
+from schemas.messages import ErrorReply, LeaseReply, OperationRequest, ReleaseRequest
 from schemas.sealed import LeasePayload, lease_info
 from schemas.topics import Topics
 from shardbus.crypto import envelope, signing
@@ -242,25 +244,29 @@ class ShardbusClient:
             await self.release(granted)
 
     async def release(self, granted: Lease) -> None:
-        """Zero the lease's buffer and tell shardbus the lease ended."""
+        """Zero the lease's buffer, then send a signed ReleaseRequest so that shardbus ends the lease.
+
+        A release that cannot be sent is logged, not raised, because the
+        secret is wiped either way; the lease then ends at its expiry.
+        """
         granted.release()
-        event = LifecycleEvent(
-            event="lease_released",
-            at_ms=int(self._clock() * 1000),
-            holder_id="",
+        unsigned = ReleaseRequest(
             operation_id=granted.operation_id,
-            secret_name=granted.secret_name,
-            secret_version=0,
-            detail=f"released by {self._app_id}",
-            holders=[],
+            app_id=self._app_id,
+            released_at_ms=int(self._clock() * 1000),
+            signature=b"",
         )
+        release = replace(unsigned, signature=signing.sign(self._signing_key, unsigned.signing_bytes()))
         try:
-            assert self._producer is not None
+            if self._producer is None:
+                raise ServiceUnavailable("the client is stopped")
+            # The operation id keys it, so it follows its request on the same partition.
             await self._producer.send_and_wait(
-                self._topics.lifecycle, codec.encode(event), key=granted.operation_id.encode()
+                self._topics.requests, codec.encode(release), key=granted.operation_id.encode()
             )
         except Exception as exc:  # noqa: BLE001 - the secret is already wiped; say so and go on.
-            log.warning("could not announce release of operation %s: %s", granted.operation_id, exc)
+            log.warning("could not send the release of operation %s; the lease ends at its expiry: %s",
+                        granted.operation_id, exc)
 
     async def _read_replies(self) -> None:
         assert self._consumer is not None
@@ -292,6 +298,4 @@ class ShardbusClient:
 
 
 def _with_signature(request: OperationRequest, signature: bytes) -> OperationRequest:
-    from dataclasses import replace
-
     return replace(request, signature=signature)

@@ -278,8 +278,8 @@ class SecretStore:
         await producer.start()
         try:
             partitions = [
-                TopicPartition(self._topics.lifecycle, p)
-                for p in sorted(await _partitions(consumer, self._topics.lifecycle))
+                TopicPartition(self._topics.acks, p)
+                for p in sorted(await _partitions(consumer, self._topics.acks))
             ]
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
@@ -298,10 +298,10 @@ class SecretStore:
                 for records in batches.values():
                     for record in records:
                         try:
-                            ack = codec.decode(record.value)
+                            ack = codec.decode(record.value or b"", HolderAck)
                         except DecodeError:
                             continue
-                        if isinstance(ack, HolderAck) and ack.request_id in waiting:
+                        if ack.request_id in waiting:
                             holder_id = waiting.pop(ack.request_id)
                             if not ack.ok:
                                 log.warning("holder %s rejected a command: %s", holder_id, ack.error)

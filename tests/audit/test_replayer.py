@@ -195,3 +195,20 @@ def test_undecodable_audit_records_are_counted():
     stats = sink.items[-1]
     assert isinstance(stats, Stats)
     assert stats.undecodable == 1
+
+
+def test_lease_end_event_after_its_record_not_late():
+    sink, feed = ListSink(), RecordFeed()
+    records = list(accepted_with_lease(feed, 8, T0))[:-1]
+    ids = dict(operation_id=op_id(8), app_id="billing", secret_name="db/password", secret_version=1)
+    records.append(feed.audit(T0 + 30, "lease.released", outcome="released", **ids))
+    records.append(feed.lifecycle(T0 + 31, EventKind.LEASE_RELEASED, operation_id=op_id(8)))
+    # A lifecycle event that no record of the operation backs is still shown late.
+    records.append(feed.lifecycle(T0 + 32, EventKind.LEASE_EXPIRED, operation_id=op_id(8)))
+    run(make_replayer(sink, feed), records)
+
+    [timeline] = sink.timelines
+    assert timeline.status is Status.COMPLETE
+    assert [e.action for e in timeline.events][-1] == "lease.released"
+    loose = [item for item in sink.items if isinstance(item, Loose)]
+    assert [(item.event.action, item.late) for item in loose] == [("lease.expired", True)]

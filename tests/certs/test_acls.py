@@ -26,7 +26,7 @@ def test_app_reads_only_own_replies():
 
     assert {p.principal for p in permissions} == {"sb.app.billing"}
     assert granted(permissions, Operation.READ) == literal("sb.replies.billing")
-    assert granted(permissions, Operation.WRITE) == literal("sb.requests", "sb.lifecycle")
+    assert granted(permissions, Operation.WRITE) == literal("sb.requests")
     assert {p.operation for p in permissions} == {Operation.READ, Operation.WRITE}
 
 
@@ -36,7 +36,7 @@ def test_holder_reads_only_own_topic():
     assert {p.principal for p in permissions} == {"sb.holder.holder-1"}
     assert granted(permissions, Operation.READ) == literal("sb.holder.holder-1")
     assert granted(permissions, Operation.WRITE) == literal(
-        "sb.fragments", "sb.heartbeats", "sb.lifecycle", "sb.deadletter"
+        "sb.fragments", "sb.heartbeats", "sb.acks", "sb.deadletter"
     )
     assert {p.operation for p in permissions} == {Operation.READ, Operation.WRITE}
 
@@ -45,10 +45,10 @@ def test_holder_reads_only_own_topic():
     ("role", "reads"),
     [
         ("authorizer", {"sb.requests", "sb.authorizer.provisioned", "sb.provisioner.replies", "sb.lifecycle",
-                        "sb.audit"}),
+                        "sb.acks", "sb.audit"}),
         ("reassembler", {"sb.plans", "sb.fragments", "sb.audit"}),
         ("provisioner", {"sb.provisioner", "sb.heartbeats", "sb.lifecycle", "sb.audit"}),
-        ("controller", {"sb.lifecycle", "sb.provisioner.replies", "sb.audit"}),
+        ("controller", {"sb.lifecycle", "sb.acks", "sb.provisioner.replies", "sb.audit"}),
     ],
 )
 def test_service_reads_its_inputs_only(role, reads):
@@ -86,6 +86,21 @@ def test_prefixed_grants_stay_narrow():
 
     # Never the whole deployment prefix: only the per-holder and per-app topic families.
     assert prefixes == {"sb.holder.", "sb.replies."}
+
+
+def test_lifecycle_written_by_services_only():
+    permissions = acls.deployment_permissions(TOPICS, ["billing", "payroll"]) + acls.holder_permissions(TOPICS, "h1")
+    writers = {p.principal for p in permissions if p.operation is Operation.WRITE and p.name == "sb.lifecycle"}
+
+    # Its events make the provisioner tear holders down, so no app or holder may forge one.
+    assert writers == {"sb.authorizer", "sb.reassembler", "sb.provisioner", "sb.controller"}
+
+
+def test_acks_written_by_holders_only():
+    permissions = acls.deployment_permissions(TOPICS, ["billing"]) + acls.holder_permissions(TOPICS, "h1")
+    writers = {p.principal for p in permissions if p.operation is Operation.WRITE and p.name == "sb.acks"}
+
+    assert writers == {"sb.holder.h1"}
 
 
 def test_holder_topics_written_by_senders_only():

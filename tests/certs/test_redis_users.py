@@ -10,7 +10,7 @@ from shardbus.certs import redis_users
 def test_reassembler_keys_exclude_mapping_table():
     access = redis_users.key_access("sb", "reassembler")
 
-    assert access.rules() == ["~sb:op:*", "~sb:deadlines", "~sb:replied:*"]
+    assert access.rules() == ["~sb:op:*", "~sb:deadlines", "~sb:replied:*", "~sb:lease:*", "~sb:leases"]
 
 
 def test_authorizer_reads_backups_only():
@@ -22,6 +22,9 @@ def test_authorizer_reads_backups_only():
     assert "~sb:backup:*" not in rules
     assert "%R~sb:holder:*" in rules
     assert "~sb:seen:*" in rules
+    # A verified release ends the lease that the reassembler recorded.
+    assert "~sb:lease:*" in rules
+    assert "~sb:leases" in rules
 
 
 def test_controller_owns_mapping_table():

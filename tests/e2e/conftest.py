@@ -26,7 +26,9 @@ from shardbus.services import ServiceGroup
 from shardbus.sharing.fragmentation import Policy
 from shardbus.store.secrets import StoredVersion
 
-APPS = {"billing": ["db/*", "payments/*"], "intruder": ["public/*"]}
+APPS = {"billing": ["db/*", "payments/*"], "intruder": ["public/*"], "shortlived": ["db/expiring*"]}
+#: Lease lifetimes in seconds of the apps that do not use the default.
+LEASE_TTL_S = {"shortlived": 1}
 
 
 @dataclass
@@ -87,7 +89,7 @@ def shardbus_deployment(kafka_bootstrap: str, redis_url: str, tmp_path_factory) 
     settings = Settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topic_prefix=prefix, home=home)
     deployment.init_deployment(home)
     for app_id, grants in APPS.items():
-        deployment.add_app(home, app_id, grants)
+        deployment.add_app(home, app_id, grants, lease_ttl_s=LEASE_TTL_S.get(app_id, 30))
     topics = Topics(prefix)
     asyncio.run(ensure_topics(kafka_bootstrap, [topics.replies(app) for app in APPS]))
 

@@ -26,8 +26,8 @@ from hostile_payloads import hostile_payloads
 from schemas import codec
 from schemas.audit import DeadLetter
 from schemas.base import MAX_MESSAGE_SIZE
-from schemas.holders import HolderAck, HolderHeartbeat, LifecycleEvent, ProvisionReply, ProvisionRequest
-from schemas.operations import ErrorReply, FragmentResponse, LeaseReply, OperationPlan, OperationRequest
+from schemas.holders import HolderHeartbeat, LifecycleEvent, ProvisionReply, ProvisionRequest
+from schemas.operations import ErrorReply, FragmentResponse, LeaseReply, OperationPlan, OperationRequest, ReleaseRequest
 from streams.provisioning import provisioned_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,14 +69,14 @@ def stored(shardbus_deployment) -> Secrets:
 def targets(topics, holders: tuple[str, ...]) -> list[Target]:
     """Return each consumed topic with the types its consumer accepts."""
     return [
-        Target(topics.requests, (OperationRequest,)),
+        Target(topics.requests, (OperationRequest, ReleaseRequest)),
         Target(provisioned_topic(topics.prefix), (ProvisionReply,)),
         Target(topics.plans, (OperationPlan,)),
         Target(topics.fragments, (FragmentResponse,)),
         *(Target(topics.holder(holder_id), COMMAND_TYPES) for holder_id in holders),
         Target(topics.provisioner, (ProvisionRequest,)),
         Target(topics.heartbeats, (HolderHeartbeat,)),
-        Target(topics.lifecycle, (LifecycleEvent, HolderAck)),
+        Target(topics.lifecycle, (LifecycleEvent,)),
     ]
 
 

@@ -258,7 +258,7 @@ async def _send_and_await_acks(shardbus_deployment, commands) -> None:
     await consumer.start()
     await producer.start()
     try:
-        partitions = [TopicPartition(topics.lifecycle, p) for p in consumer.partitions_for_topic(topics.lifecycle) or {0}]
+        partitions = [TopicPartition(topics.acks, p) for p in consumer.partitions_for_topic(topics.acks) or {0}]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for partition in partitions:

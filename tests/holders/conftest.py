@@ -19,8 +19,8 @@ async def holder(kafka_bootstrap: str, kafka_admin, topic_prefix: str, tmp_path:
     """A running holder with its topics, and an inbox of everything it sends."""
     topics = Topics(topic_prefix)
     await kafka_admin.create(topics.holder(HOLDER_ID), config=HOLDER_TOPIC_CONFIG)
-    await kafka_admin.create(topics.heartbeats, topics.lifecycle, topics.fragments, topics.deadletter)
-    inbox = Inbox(kafka_bootstrap, [topics.heartbeats, topics.lifecycle, topics.fragments, topics.deadletter])
+    await kafka_admin.create(topics.heartbeats, topics.acks, topics.fragments, topics.deadletter)
+    inbox = Inbox(kafka_bootstrap, [topics.heartbeats, topics.acks, topics.fragments, topics.deadletter])
     await inbox.start()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=2 * MAX_MESSAGE_SIZE)
     await producer.start()

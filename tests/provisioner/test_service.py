@@ -122,14 +122,17 @@ async def test_per_operation_holders_torn_down(provisioner: RunningProvisioner, 
     await service.pool.wait_filled(60)
 
 
-async def test_lease_released_returns_pooled_holder(provisioner: RunningProvisioner, kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize("kind", [EventKind.LEASE_RELEASED, EventKind.LEASE_EXPIRED])
+async def test_lease_end_returns_pooled_holder(
+    provisioner: RunningProvisioner, kafka_bootstrap: str, kind: EventKind
+) -> None:
     granted = await request_holders(kafka_bootstrap, provisioner.topics, 1, "pooled",
                                     secret_name="db/pw", secret_version=1, timeout_s=60)
     holder_id = granted[0].holder_id
 
-    released = LifecycleEvent(event=EventKind.LEASE_RELEASED, at_ms=1, holder_id="", operation_id=OPERATION,
-                              secret_name="db/pw", secret_version=1, detail="", holders=(holder_id,))
-    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(released))
+    ended = LifecycleEvent(event=kind, at_ms=1, holder_id="", operation_id=OPERATION,
+                           secret_name="db/pw", secret_version=1, detail="", holders=(holder_id,))
+    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(ended))
     event = await provisioner.inbox.wait_for(LifecycleEvent, lambda e: e.event == EventKind.HOLDER_RETURNED)
 
     assert event.holder_id == holder_id

@@ -41,6 +41,7 @@ from schemas.messages import (
     ProvisionedHolder,
     ProvisionReply,
     ProvisionRequest,
+    ReleaseRequest,
 )
 from schemas.operations import PUBLIC_KEY_LENGTHS
 
@@ -144,6 +145,7 @@ def _fix_provision_reply(draw: Any, values: dict[str, Any]) -> None:
 
 _FIXES: dict[type[WireRecord], list[Callable[[Any, dict[str, Any]], None]]] = {
     OperationRequest: [_fix_public_key("reply_public_key", "reply_kem"), _fix_signature],
+    ReleaseRequest: [_fix_signature],
     OperationPlan: [_fix_public_key("reply_public_key", "reply_kem"), _fix_plan],
     FetchCommand: [_fix_public_key("reassembler_public_key", "reassembler_kem")],
     FragmentResponse: [_fix_fragment_response],

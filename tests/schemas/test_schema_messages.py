@@ -10,6 +10,7 @@ from hypothesis import given
 from schema_strategies import messages, records
 
 from schemas.base import FORMAT_VERSION, MESSAGE_TYPES
+from schemas.codec import decode, encode
 from schemas.fields import FieldTypeError, FieldValueError
 from schemas.messages import (
     AuditRecord,
@@ -34,6 +35,7 @@ from schemas.messages import (
     ProvisionReply,
     ProvisionRequest,
     Reason,
+    ReleaseRequest,
     StoreFragment,
 )
 
@@ -82,7 +84,7 @@ def test_registry_lists_every_type():
         for cls in (
             OperationRequest, OperationPlan, FetchCommand, StoreFragment, DestroyFragment, HolderAck,
             FragmentResponse, LeaseReply, ErrorReply, LifecycleEvent, HolderHeartbeat, ProvisionRequest,
-            ProvisionReply, AuditRecord, DeadLetter,
+            ProvisionReply, AuditRecord, DeadLetter, ReleaseRequest,
         )
     )
     for name, cls in MESSAGE_TYPES.items():
@@ -384,3 +386,47 @@ def test_signing_bytes_differ_when_fields_differ(first, second):
     unsigned_first = dataclasses.replace(first, signature=b"")
     unsigned_second = dataclasses.replace(second, signature=b"")
     assert (first.signing_bytes() == second.signing_bytes()) == (unsigned_first == unsigned_second)
+
+
+def make_release(**changes: object) -> ReleaseRequest:
+    fields: dict[str, object] = {
+        "operation_id": OPERATION_ID,
+        "app_id": "billing",
+        "released_at_ms": 1_700_000_000_000,
+        "signature": b"\x07" * 64,
+    }
+    fields.update(changes)
+    return ReleaseRequest(**fields)
+
+
+def test_release_signing_bytes_known_answer():
+    expected = (
+        b"shardbus/v1/release\x00"
+        + b"\x85"
+        + b"\xa6app_id" + b"\xa7billing"
+        + b"\xacoperation_id" + b"\xd9\x20" + OPERATION_ID.encode()
+        + b"\xaereleased_at_ms" + b"\xcf" + (1_700_000_000_000).to_bytes(8, "big")
+        + b"\xa4type" + b"\xaeReleaseRequest"
+        + b"\xa1v" + b"\x01"
+    )
+    assert make_release().signing_bytes() == expected
+    assert make_release(signature=b"").signing_bytes() == expected
+
+
+def test_release_signing_bytes_never_equal_request_ones():
+    # A request's signing bytes start with a msgpack map header, a release's with its label.
+    assert make_request().signing_bytes()[0] in range(0x80, 0x90)
+    assert make_release().signing_bytes()[0] == ord("s")
+
+
+@given(records(OperationRequest), records(ReleaseRequest))
+def test_release_and_request_signing_domains_differ(request, release):
+    assert request.signing_bytes() != release.signing_bytes()
+    assert not release.signing_bytes().startswith(request.signing_bytes()[:1])
+
+
+def test_unsigned_release_not_sendable():
+    unsigned = make_release(signature=b"")
+    with pytest.raises(FieldValueError, match="ReleaseRequest.signature"):
+        encode(unsigned)
+    assert decode(encode(make_release()), ReleaseRequest) == make_release()

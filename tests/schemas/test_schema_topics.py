@@ -38,6 +38,7 @@ def test_default_names():
     assert topics.plans == "shardbus.plans"
     assert topics.fragments == "shardbus.fragments"
     assert topics.lifecycle == "shardbus.lifecycle"
+    assert topics.acks == "shardbus.acks"
     assert topics.heartbeats == "shardbus.heartbeats"
     assert topics.provisioner == "shardbus.provisioner"
     assert topics.audit == "shardbus.audit"
@@ -51,7 +52,7 @@ def test_prefix_applies_everywhere():
     for name in topics.shared():
         assert name.startswith("t1a2b3c4d.")
     assert topics.replies("app") == "t1a2b3c4d.replies.app"
-    assert len(set(topics.shared())) == 8
+    assert len(set(topics.shared())) == 9
 
 
 def test_longest_names_are_valid_for_kafka():

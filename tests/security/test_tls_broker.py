@@ -168,3 +168,44 @@ async def test_principal_of_other_prefix_denied(tls_stack, tls_topics):
 
     with pytest.raises(TopicAuthorizationFailedError):
         await read_first(other, tls_stack.bootstrap, topics.replies("billing"))
+
+
+async def test_apps_and_holders_cannot_write_lifecycle(tls_stack, tls_topics):
+    topics = tls_topics
+    await ensure_topics(tls_stack.bootstrap, [topics.lifecycle, topics.requests, topics.acks],
+                        kafka_options=tls_stack.admin_options())
+    tls_stack.grant(acls.app_permissions(topics, "billing") + acls.holder_permissions(topics, "h1")
+                    + acls.service_permissions(topics, "reassembler"))
+    app = tls_stack.options(f"{topics.prefix}.app.billing")
+    holder = tls_stack.options(f"{topics.prefix}.holder.h1")
+    service = tls_stack.options(f"{topics.prefix}.reassembler")
+
+    # A forged holders_released or lease_released would make the provisioner act.
+    for options in (app, holder):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await produce(options, tls_stack.bootstrap, topics.lifecycle, b"forged event")
+    # Positive controls: each writes what its role allows, and a service writes lifecycle.
+    await produce(app, tls_stack.bootstrap, topics.requests, b"release")
+    await produce(holder, tls_stack.bootstrap, topics.acks, b"ack")
+    await produce(service, tls_stack.bootstrap, topics.lifecycle, b"event")
+    assert await read_first(tls_stack.admin_options(), tls_stack.bootstrap, topics.lifecycle) == b"event"
+
+
+async def test_holder_acks_reach_their_readers(tls_stack, tls_topics):
+    topics = tls_topics
+    await ensure_topics(tls_stack.bootstrap, [topics.acks], kafka_options=tls_stack.admin_options())
+    tls_stack.grant(acls.holder_permissions(topics, "h1") + acls.app_permissions(topics, "billing")
+                    + acls.service_permissions(topics, "authorizer") + acls.service_permissions(topics, "controller"))
+    holder = tls_stack.options(f"{topics.prefix}.holder.h1")
+    await produce(holder, tls_stack.bootstrap, topics.acks, b"ack of h1")
+
+    # The holder repair (authorizer) and the CLI (controller) wait for acknowledgements.
+    for role in ("authorizer", "controller"):
+        reader = tls_stack.options(f"{topics.prefix}.{role}")
+        assert await read_first(reader, tls_stack.bootstrap, topics.acks) == b"ack of h1"
+    # An app may neither forge nor read acknowledgements.
+    app = tls_stack.options(f"{topics.prefix}.app.billing")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await produce(app, tls_stack.bootstrap, topics.acks, b"forged ack")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await read_first(app, tls_stack.bootstrap, topics.acks)

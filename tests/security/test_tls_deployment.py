@@ -146,6 +146,25 @@ async def test_lease_over_mutual_tls(tls_deployment):
             assert bytes(leased) == secret
 
 
+async def test_release_announced_by_authorizer_over_tls(tls_deployment):
+    topics, stack = tls_deployment.topics, tls_deployment.stack
+    put_secret(tls_deployment, "db/released", b"r" * 16, "--fragments", "2", "--threshold", "2")
+
+    async with LifecycleReader(stack.bootstrap, topics.lifecycle, stack.admin_options()) as events:
+        async with tls_deployment.client("billing") as client:
+            granted = await client.request("db/released")
+            # The app may no longer write lifecycle, so its signed release goes to the authorizer.
+            await client.release(granted)
+        # An earlier test's release may be announced meanwhile, so events are read until this one's.
+        count = 1
+        while not (mine := [event for event in await events.wait_for("lease_released", count=count)
+                            if event.operation_id == granted.operation_id]):
+            count += 1
+
+    assert len(mine) == 1
+    assert len(mine[0].holders) == 2
+
+
 async def test_app_without_grant_denied_over_tls(tls_deployment):
     put_secret(tls_deployment, "db/not-payroll", b"p" * 16, "--fragments", "2", "--threshold", "2")
 
