@@ -218,7 +218,7 @@ async def _scenario(access: DemoAccess, topics: Topics, backend: str, steps: Ite
             print(f"    fragment {index} -> {holder_id} (pid {pid or '?'})")
         if access.tls:
             now = datetime.datetime.now(datetime.timezone.utc)
-            for line in await describe_holder_access(access, stored.holders[0], now=now):
+            for line in await describe_holder_access(access, stored.holders[0], backend, now=now):
                 print(f"    {line}")
 
         billing = deployment.load_signing_key(settings.home / "apps" / "billing.key")

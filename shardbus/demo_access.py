@@ -207,7 +207,9 @@ async def probe_topic(bootstrap: str, topic: str, kafka_options: dict[str, Any])
             raise error(topic)
 
 
-async def describe_holder_access(access: DemoAccess, holder_id: str, *, now: datetime.datetime) -> list[str]:
+async def describe_holder_access(
+    access: DemoAccess, holder_id: str, backend: str, *, now: datetime.datetime,
+) -> list[str]:
     """Return lines on a holder's principal, its ACLs and, for a process holder, its certificate's expiry."""
     principal = principals.holder_principal(access.prefix, holder_id)
 
@@ -218,6 +220,10 @@ async def describe_holder_access(access: DemoAccess, holder_id: str, *, now: dat
     permissions = await asyncio.to_thread(list_acls)
     lines = [f"holder {holder_id} is principal {principal} with {len(permissions)} ACLs: "
              f"{summarize_permissions(permissions)}"]
+    if backend == "microvm":
+        lines.append("its certificate, issued by the provisioner, went into its VM over the control port "
+                     "and never touched the host's disk")
+        return lines
     for workdir in find_workdirs(holder_id):
         certificate_path = workdir / "holder.pem"
         if not certificate_path.is_file():
