@@ -95,6 +95,16 @@ def _write_tls_files(tls: HolderTls, workdir: Path) -> dict[str, str]:
     return env
 
 
+def find_workdirs(holder_id: str) -> list[Path]:
+    """Return the working folders of a holder that this host's process backend started.
+
+    The folders are found by their names under the system's temporary
+    folder. A TLS holder's certificate is ``holder.pem`` in its folder.
+    """
+    pattern = os.path.join(tempfile.gettempdir(), f"{_WORKDIR_PREFIX}{glob.escape(holder_id)}-*")
+    return [Path(folder) for folder in glob.glob(pattern)]
+
+
 class ProcessBackend(HolderBackend):
     """Runs each holder as an OS process that outlives the provisioner.
 
@@ -221,8 +231,7 @@ class ProcessBackend(HolderBackend):
         if entry.workdir is not None:
             shutil.rmtree(entry.workdir, ignore_errors=True)
             return
-        pattern = os.path.join(tempfile.gettempdir(), f"{_WORKDIR_PREFIX}{glob.escape(entry.holder_id)}-*")
-        for folder in glob.glob(pattern):
+        for folder in find_workdirs(entry.holder_id):
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _read_public_key(self, entry: _Process, read_fd: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -15,10 +16,15 @@ from shardbus.kafka import client_options
 
 
 class LifecycleWatcher:
-    """Collects lifecycle events published after it starts."""
+    """Collects lifecycle events published after it starts.
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client_options())
+    `kafka_options` are the Kafka security settings, by default
+    `shardbus.kafka.client_options()` of this process.
+    """
+
+    def __init__(self, bootstrap: str, topics: Topics, *, kafka_options: dict[str, Any] | None = None) -> None:
+        options = client_options() if kafka_options is None else kafka_options
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
         self._topic = topics.lifecycle
 
     async def __aenter__(self) -> LifecycleWatcher:

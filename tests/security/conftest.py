@@ -50,6 +50,9 @@ class TlsStack:
     folder: TlsFolder
     redis_admin_url: str
     exports: dict[str, str]
+    #: The variables that select this stack's folder and ports, for a
+    #: command such as ``scripts/stack up --tls`` that must find it.
+    stack_env: dict[str, str]
 
     @property
     def authority(self) -> CertificateAuthority:
@@ -122,6 +125,7 @@ def tls_stack(tmp_path_factory) -> Iterator[TlsStack]:
             folder=TlsFolder(Path(exports["SHARDBUS_TLS_DIR"])),
             redis_admin_url=exports["SHARDBUS_REDIS_ADMIN_URL"],
             exports=exports,
+            stack_env={name: value for name, value in env.items() if name.startswith("SHARDBUS_")},
         )
     finally:
         subprocess.run([str(STACK), "down", "--tls"], env=env, capture_output=True, timeout=120,

@@ -1,20 +1,20 @@
 """The whole stack over mutual TLS: every service, the CLI, the holders and an app as their own principals.
 
-The deployment is set up the way an operator would: ``shardbus certs init``
-and ``shardbus certs acl apply`` as the admin, then each service started
-with ``shardbus certs env service ROLE``, which names its certificate and
-its Redis user. Nothing here is granted more than the ACL table gives its
+The deployment is set up the way an operator would, with the commands that
+``shardbus.certs.deployment_setup`` runs: ``shardbus certs init`` and
+``shardbus certs acl apply`` as the admin, then each service started with
+``shardbus certs env service ROLE``, which names its certificate and its
+Redis user. Nothing here is granted more than the ACL table gives its
 role, so a service that needs more fails these tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import secrets
-import shlex
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,12 +26,17 @@ import redis as redis_sync
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import TopicAuthorizationFailedError
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from provisioner.access import DEFAULT_VALIDITY
+from provisioner.process import find_workdirs
 from schemas import codec
 from schemas.messages import LifecycleEvent
 from schemas.topics import Topics
 from shardbus import deployment
 from shardbus.certs import acls, principals
+from shardbus.certs.deployment_setup import ADMIN_VARIABLES, run_cli, set_up_deployment_tls
 from shardbus.client import ShardbusClient
 from shardbus.errors import DecodeError, Denied
 from shardbus.kafka import delete_topics
@@ -39,7 +44,6 @@ from shardbus.services import ServiceGroup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 APPS = {"billing": ["db/*", "payments/*"], "payroll": ["hr/*"]}
 ROLES = ("authorizer", "reassembler", "provisioner", "controller")
 
@@ -54,7 +58,7 @@ class TlsDeployment:
 
     def cli(self, *args: str, role: str = "controller", stdin: bytes | None = None) -> subprocess.CompletedProcess:
         env = {**self.base_env, **self.role_env.get(role, {})}
-        return _run_cli(env, *args, stdin=stdin)
+        return run_cli(env, *args, stdin=stdin)
 
     def client(self, app_id: str) -> ShardbusClient:
         principal = principals.app_principal(self.topics.prefix, app_id)
@@ -62,19 +66,6 @@ class TlsDeployment:
             self.stack.bootstrap, app_id, deployment.load_signing_key(self.home / "apps" / f"{app_id}.key"),
             topics=self.topics, timeout_s=60, kafka_options=self.stack.options(principal),
         )
-
-
-def _run_cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardbus", *args], env=env, cwd=ROOT, input=stdin,
-                          capture_output=True, timeout=180, check=False)
-
-
-def _exports(output: bytes) -> dict[str, str]:
-    exports = {}
-    for line in output.decode().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        exports[name] = shlex.split(value)[0]
-    return exports
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +78,8 @@ def tls_deployment(tls_stack, tmp_path_factory) -> Iterator[TlsDeployment]:
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("SHARDBUS_")}
     base_env.update(SHARDBUS_KAFKA_BOOTSTRAP=tls_stack.bootstrap, SHARDBUS_TOPIC_PREFIX=prefix,
                     SHARDBUS_HOME=str(home), SHARDBUS_TLS_DIR=str(tls_stack.folder.path))
-    admin_env = {**base_env, **{k: v for k, v in tls_stack.exports.items() if k != "SHARDBUS_KAFKA_BOOTSTRAP"}}
-    for command in (("certs", "init"), ("certs", "acl", "apply")):
-        result = _run_cli(admin_env, *command)
-        assert result.returncode == 0, result.stderr.decode()
-    role_env = {}
-    for role in ROLES:
-        result = _run_cli(base_env, "certs", "env", "service", role)
-        assert result.returncode == 0, result.stderr.decode()
-        role_env[role] = _exports(result.stdout)
+    admin_env = {**base_env, **{name: tls_stack.exports[name] for name in ADMIN_VARIABLES}}
+    role_env = set_up_deployment_tls(base_env, admin_env)
 
     group = ServiceGroup(env=base_env, log_dir=home / "logs", ready_timeout_s=240,
                          service_env={role: role_env[role] for role in ROLES if role != "controller"})
@@ -132,9 +116,14 @@ def _remove_deployment(tls_stack, prefix: str) -> None:
         client.close()
 
 
-def put_secret(tls_deployment: TlsDeployment, name: str, secret: bytes, *options: str) -> None:
+def put_secret(tls_deployment: TlsDeployment, name: str, secret: bytes, *options: str) -> list[str]:
+    """Store a secret as the controller; return its holders as `secret put` prints them."""
     result = tls_deployment.cli("secret", "put", name, *options, stdin=secret)
     assert result.returncode == 0, result.stderr.decode()
+    for line in result.stdout.decode().splitlines():
+        if line.startswith("holders: "):
+            return line.removeprefix("holders: ").split(", ")
+    return []
 
 
 async def test_lease_over_mutual_tls(tls_deployment):
@@ -187,6 +176,21 @@ async def test_pooled_holders_have_holder_acls(tls_deployment):
             holder_id = principal.rsplit(".holder.", 1)[1]
             expected = sorted(acls.holder_permissions(tls_deployment.topics, holder_id))
             assert admin.list(principal) == expected
+
+
+async def test_pooled_holder_certificates_short_lived(tls_deployment):
+    holder_ids = put_secret(tls_deployment, "db/short-lived", b"s" * 16, "--fragments", "2", "--threshold", "2")
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    assert len(holder_ids) == 2
+    for holder_id in holder_ids:
+        [workdir] = find_workdirs(holder_id)
+        certificate = x509.load_pem_x509_certificate((workdir / "holder.pem").read_bytes())
+        common_name = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert common_name == principals.holder_principal(tls_deployment.topics.prefix, holder_id)
+        assert certificate.issuer == tls_deployment.stack.authority.certificate.subject
+        # Issued by the provisioner before `now`, so it ends within its validity from now.
+        assert now < certificate.not_valid_after_utc <= now + DEFAULT_VALIDITY
 
 
 async def test_torn_down_holder_certificate_refused(tls_deployment):
