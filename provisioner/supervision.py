@@ -156,11 +156,11 @@ class HolderSupervisor:
         await self._on_holder_failed(failed)
 
     async def teardown(self, holder_id: str, detail: str) -> None:
-        """Record the teardown, stop the holder, delete its topic, and mark it torn down and announce it."""
+        """Record the teardown in the audit outbox, stop the holder and delete its topic, then announce it."""
         known = await self._known_record(holder_id)
         if known is None or known.state not in (HolderState.FAILED, HolderState.TORN_DOWN):
-            await self._audit.enqueue(actions.HOLDER_TORN_DOWN, known or HolderRecord(holder_id, HolderState.TORN_DOWN),
-                                      outcome="torn_down", detail=detail)
+            subject = known or HolderRecord(holder_id, HolderState.TORN_DOWN)
+            await self._audit.enqueue(actions.HOLDER_TORN_DOWN, subject, outcome="torn_down", detail=detail)
         await self._backend.stop(holder_id, self._config.stop_timeout_s)
         await self._delete_topic(holder_id)
         self._forget(holder_id)

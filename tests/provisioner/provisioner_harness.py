@@ -131,14 +131,12 @@ class RunningProvisioner:
 
 
 async def start_provisioner(bootstrap: str, redis: Redis, topics: Topics, log_dir: Path,
-                            config: ProvisionerConfig, *, audit_key: SigningKey | None = None,
-                            audit_timeout_s: float = 10.0) -> RunningProvisioner:
+                            config: ProvisionerConfig, *, audit_key: SigningKey | None = None) -> RunningProvisioner:
     """Start a provisioner as a task and return it once it is ready with a full pool.
 
     Its audit records are signed with `audit_key`, by default AUDIT_KEY.
     """
-    audit = AuditLog(bootstrap, topics, audit_key or AUDIT_KEY, role="provisioner",
-                     timeout_s=audit_timeout_s)
+    audit = AuditLog(bootstrap, topics, audit_key or AUDIT_KEY, role="provisioner")
     service = Provisioner(bootstrap, topics, ProcessBackend(log_dir), redis, config, audit=audit)
     task = asyncio.create_task(service.run())
     running = RunningProvisioner(service, task, topics, Inbox(bootstrap, [topics.lifecycle, topics.deadletter]),

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from provisioner.holder_audit import HolderAudit
 from provisioner.registry import HolderRecord, HolderState
-from provisioner_harness import AUDIT_KEY, read_audit_records
+from provisioner_harness import AUDIT_KEY, eventually, read_audit_records
 from schemas import codec
 from schemas.audit import AuditRecord
 from schemas.topics import Topics
@@ -120,3 +120,28 @@ async def test_written_directly_without_redis(kafka_bootstrap, kafka_admin, topi
     assert [(r.action, r.detail) for r in records] == [("holder.failed", "no heartbeat for 12.0 s")]
     verifier = ChainVerifier(AUDIT_KEY.verify_key)
     assert list(verifier.feed(ROLE_PARTITIONS["provisioner"], 0, codec.encode(records[0]))) == []
+
+
+async def test_outbox_of_earlier_provisioner_written(kafka_bootstrap, kafka_admin, redis: Redis, topic_prefix,
+                                                     clock: FakeClock) -> None:
+    # The earlier provisioner queued a record and stopped before it was written.
+    earlier = HolderAudit(AuditLog(kafka_bootstrap, Topics(topic_prefix), AUDIT_KEY, role="provisioner"), redis,
+                          topic_prefix, clock_ms=clock)
+    await earlier.enqueue("holder.torn_down", HOLDER, outcome="torn_down", detail="orphan")
+    clock.now_ms += 60_000
+
+    later = HolderAudit(AuditLog(kafka_bootstrap, Topics(topic_prefix), AUDIT_KEY, role="provisioner"), redis,
+                        topic_prefix, clock_ms=clock)
+    await later.start()
+    try:
+        await eventually(lambda: _outbox_empty(later), "the new provisioner writes the outbox")
+    finally:
+        await later.close()
+
+    [record] = await _records(kafka_bootstrap, topic_prefix)
+    assert (record.action, record.reason) == ("holder.torn_down", "recorded_late")
+    assert record.detail.endswith("recorded 60 s later: orphan")
+
+
+async def _outbox_empty(audit: HolderAudit) -> bool:
+    return await audit.outbox_size() == 0
