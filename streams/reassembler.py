@@ -212,6 +212,8 @@ class Reassembler:
         if state.plan is None:
             return False
         plan = codec.decode(state.plan, OperationPlan)
+        if not deadline_passed and self._still_waiting(plan, state):
+            return True
         try:
             context = open_context(self._keys, plan)
         except (IntegrityError, DecodeError):
@@ -240,6 +242,26 @@ class Reassembler:
                            tuple(silent) + tuple(failed))
         await self._finish(plan, reply)
         return True
+
+    @staticmethod
+    def _still_waiting(plan: OperationPlan, state: OperationState) -> bool:
+        """Return True when fewer than k usable responses are in and k can still arrive.
+
+        Opening the plan and each fragment costs an HPKE decapsulation, so
+        the reassembler waits until k responses could rebuild the secret.
+        An invalid fragment counts as usable until then, when it is opened,
+        rejected and audited. So this check never ends an operation early.
+        """
+        usable = lost = 0
+        for slot in plan.holders:
+            encoded = state.responses.get(slot.holder_id)
+            if slot.holder_id in state.rejected:
+                lost += 1
+            elif encoded is not None and codec.decode(encoded, FragmentResponse).error:
+                lost += 1
+            elif encoded is not None:
+                usable += 1
+        return usable < plan.threshold <= len(plan.holders) - lost
 
     async def _check_responses(
         self, plan: OperationPlan, context: PlanContext, state: OperationState

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,9 @@ from shardbus.errors import ConfigError, DecodeError
 _MAX_HEADER = 64
 # Largest value accepted, in bytes: an audit record is at most 64 KiB.
 _MAX_VALUE = AuditRecord.max_size
+# A decimal integer in a header line. It allows one minus sign only,
+# because int() rejects "--1".
+_INT = re.compile(rb"-?[0-9]+")
 
 
 def read_header_framed(stream: BinaryIO) -> Iterator[tuple[int, int, bytes | None]]:
@@ -79,7 +83,7 @@ def _read_value(stream: BinaryIO, length: int) -> bytes | None:
 
 
 def _is_int(text: bytes) -> bool:
-    return text.lstrip(b"-").isdigit()
+    return _INT.fullmatch(text) is not None
 
 
 def describe(partition: int, offset: int, value: bytes | None) -> dict:

@@ -84,6 +84,8 @@ def test_without_key_only_decodes():
 def test_bad_framing_is_an_error(capsys):
     assert dump(b"not a header\n")[0] == 2
     assert "run kcat with -f" in capsys.readouterr().err
+    assert dump(b"0 0 --1\n")[0] == 2
+    assert "run kcat with -f" in capsys.readouterr().err
     assert dump(header_framed([(0, 0, b"abc")])[:-1])[0] == 2
     assert dump(b"\x00\x00", "--framing", "length")[0] == 2
 

@@ -56,6 +56,36 @@ def test_too_few_shares_give_wrong_secret(threshold, count):
         assert shamir.combine(list(subset), threshold - 1) != secret
 
 
+def _shares_for_every_coefficient(secret_byte: int, threshold: int, count: int) -> list[Share]:
+    # One split tries every choice of the k - 1 random coefficients at once.
+    # Every position of the secret contains the same byte, and
+    # coefficient j at position i is digit j of i in base 256. Each
+    # position is its own polynomial, so share position i is what a split
+    # of that one byte gives with those coefficients.
+    combinations = 256 ** (threshold - 1)
+    digits = iter(
+        bytes((position >> (8 * degree)) & 0xFF for position in range(combinations))
+        for degree in range(threshold - 1)
+    )
+    return shamir.split(bytes([secret_byte]) * combinations, threshold, count, randbytes=lambda n: next(digits))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "count", "secret_bytes"),
+    [(2, 255, range(256)), (3, 5, (0x00, 0x01, 0x80, 0xFF))],
+    ids=["2-of-255-every-secret", "3-of-5-four-secrets"],
+)
+def test_fewer_shares_uniform_for_every_secret(threshold, count, secret_bytes):
+    # For each secret, the k - 1 shares of any holders take every possible
+    # value for exactly one choice of the random coefficients. So they are
+    # uniform and the same for every secret: they reveal nothing about it.
+    for secret_byte in secret_bytes:
+        shares = _shares_for_every_coefficient(secret_byte, threshold, count)
+        for subset in itertools.combinations(shares, threshold - 1):
+            values = set(zip(*(share.y for share in subset)))
+            assert len(values) == 256 ** (threshold - 1), (secret_byte, [share.x for share in subset])
+
+
 def test_too_few_shares_raise():
     shares = shamir.split(b"secret", 3, 5)
     with pytest.raises(CombineError, match="need at least 3 shares.*got 2"):

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-import msgpack
 from hypothesis import strategies as st
 
 from schemas import codec
 from schemas.base import MESSAGE_TYPES, Message
 from shardbus.errors import DecodeError
 
-# The valid-message strategies live beside the schema tests.
+# The valid-message strategies and their mutations live beside the schema tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "schemas"))
+from hostile_mutations import field_of_wrong_kind, flipped, repacked, truncated, with_trailing  # noqa: E402
 from schema_strategies import records  # noqa: E402
 
 Payload = bytes | None
@@ -37,53 +36,6 @@ def is_rejected(payload: Payload, expected: tuple[type[Message], ...]) -> bool:
     return False
 
 
-def _unpacked(encoded: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(encoded, raw=False)
-
-
-def _repacked(encoded: bytes, **changes: Any) -> bytes:
-    return msgpack.packb({**_unpacked(encoded), **changes}, use_bin_type=True)
-
-
-def _wrong_kind(value: Any) -> Any:
-    """Return a value of another msgpack type than `value`."""
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value.encode() or b"\x00"
-    if isinstance(value, bytes):
-        return len(value)
-    if isinstance(value, list):
-        return {"item": value[:1]}
-    return [value]
-
-
-@st.composite
-def _truncated(draw: Any, encoded: bytes) -> bytes:
-    return encoded[: draw(st.integers(0, len(encoded) - 1))]
-
-
-@st.composite
-def _flipped(draw: Any, encoded: bytes) -> bytes:
-    index = draw(st.integers(0, len(encoded) - 1))
-    mask = draw(st.integers(1, 255))
-    return encoded[:index] + bytes([encoded[index] ^ mask]) + encoded[index + 1:]
-
-
-@st.composite
-def _trailing(draw: Any, encoded: bytes) -> bytes:
-    return encoded + draw(st.binary(min_size=1, max_size=16))
-
-
-@st.composite
-def _field_of_wrong_kind(draw: Any, encoded: bytes) -> bytes:
-    document = _unpacked(encoded)
-    name = draw(st.sampled_from(sorted(key for key in document if key not in ("v", "type"))))
-    return _repacked(encoded, **{name: _wrong_kind(document[name])})
-
-
 def hostile_payloads(expected: tuple[type[Message], ...]) -> st.SearchStrategy[Payload]:
     """Return a strategy of records that a consumer of `expected` must dead-letter."""
     valid = st.sampled_from(expected).flatmap(records).map(codec.encode)
@@ -92,12 +44,12 @@ def hostile_payloads(expected: tuple[type[Message], ...]) -> st.SearchStrategy[P
     candidates = st.one_of(
         st.none(),
         st.binary(max_size=256),
-        valid.flatmap(_truncated),
-        valid.flatmap(_flipped),
-        valid.flatmap(_trailing),
-        valid.map(lambda encoded: _repacked(encoded, v=2)),
-        valid.map(lambda encoded: _repacked(encoded, v="1")),
-        valid.flatmap(_field_of_wrong_kind),
+        valid.flatmap(truncated),
+        valid.flatmap(flipped),
+        valid.flatmap(with_trailing),
+        valid.map(lambda encoded: repacked(encoded, v=2)),
+        valid.map(lambda encoded: repacked(encoded, v="1")),
+        valid.flatmap(field_of_wrong_kind),
         st.sampled_from(others).flatmap(records).map(codec.encode),
         # One to 64 bytes over the largest size the consumer accepts.
         st.integers(1, 64).map(lambda extra: b"\x81" + b"\x00" * (limit + extra)),

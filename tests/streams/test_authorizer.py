@@ -17,6 +17,7 @@ from schemas.messages import (
     ErrorReply,
     FetchCommand,
     OperationPlan,
+    OperationRequest,
     ProvisionedHolder,
     ProvisionReply,
     ProvisionRequest,
@@ -154,6 +155,53 @@ async def test_replayed_operation_denied(env: Env):
     reply = await _error_reply(env, "billing", request.operation_id)
 
     assert reply.reason == Reason.REPLAYED_OPERATION
+
+
+async def _send_with_other_key(env: Env) -> OperationRequest:
+    request, _ = signed_request("billing", signing.SigningKey.generate(), "db/password")
+    await env.producer.send(env.dep.topics.requests, request)
+    return request
+
+
+async def _send_stale(env: Env) -> OperationRequest:
+    return await env.send_request("billing", "db/password", issued_at_ms=int(time.time() * 1000) - 120_000)
+
+
+async def _send_without_grant(env: Env) -> OperationRequest:
+    return await env.send_request("reports", "db/password")
+
+
+async def _send_twice(env: Env) -> OperationRequest:
+    request = await env.send_request("billing", "db/password")
+    async with readers(env.dep.settings.kafka_bootstrap, env.dep.topics.plans) as (plans,):
+        await plans.wait_for_type(OperationPlan, operation_id=request.operation_id)
+    await env.producer.send(env.dep.topics.requests, request)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("send", "reason"),
+    [
+        (_send_with_other_key, Reason.BAD_SIGNATURE),
+        (_send_stale, Reason.STALE_REQUEST),
+        (_send_without_grant, Reason.NOT_GRANTED),
+        (_send_twice, Reason.REPLAYED_OPERATION),
+    ],
+    ids=["bad_signature", "stale_request", "not_granted", "replayed_operation"],
+)
+async def test_denial_audited_with_reason(env: Env, send, reason):
+    request = await send(env)
+
+    reply = await _error_reply(env, request.app_id, request.operation_id)
+    async with readers(env.dep.settings.kafka_bootstrap, env.dep.topics.audit) as (audit,):
+        (denied,) = await audit.wait_for_type(AuditRecord, action="request.denied", operation_id=request.operation_id)
+
+    assert reply.reason == reason
+    assert reply.detail
+    assert denied.reason == reason
+    assert denied.app_id == request.app_id
+    assert denied.detail == reply.detail
+    assert denied.outcome == "sent"
 
 
 async def test_dead_holders_named(env: Env):
