@@ -16,7 +16,9 @@ from shardbus.audit import actions
 from shardbus.audit.timeline import MAX_EVENTS, Anomaly, Event
 
 # Actions that show a holder serving a secret, which only a provisioned holder should do.
-_SERVING = frozenset({actions.FETCH_SENT, actions.FRAGMENT_RECEIVED, actions.FRAGMENT_REJECTED, actions.HOLDER_RETURNED})
+_SERVING = frozenset({
+    actions.FETCH_SENT, actions.FRAGMENT_RECEIVED, actions.FRAGMENT_REJECTED, actions.HOLDER_RETURNED,
+})
 
 
 class HolderStatus(enum.StrEnum):
