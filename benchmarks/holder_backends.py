@@ -49,6 +49,8 @@ from provisioner.microvm_host import find_relay_pids
 from provisioner.process import ProcessBackend
 from provisioner.service import Provisioner
 from schemas.topics import Topics
+from shardbus.audit import AuditLog
+from shardbus.crypto.signing import SigningKey
 from shardbus.kafka import delete_topics
 
 _IDLE_SAMPLE_S = 20.0
@@ -71,7 +73,9 @@ class Bench:
         self.backend = _backend(backend_name, log_dir)
         self._bootstrap = bootstrap
         self._redis = Redis.from_url(redis_url)
-        self.service = Provisioner(bootstrap, self.topics, self.backend, self._redis, _config(pool_size))
+        # A throwaway key, because the audit records of a benchmark prefix are deleted with it.
+        audit = AuditLog(bootstrap, self.topics, SigningKey.generate(), role="provisioner")
+        self.service = Provisioner(bootstrap, self.topics, self.backend, self._redis, _config(pool_size), audit=audit)
         self._task: asyncio.Task[None] | None = None
         self.client = ProvisionerClient(bootstrap, self.topics)
 

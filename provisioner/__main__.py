@@ -1,7 +1,8 @@
 """Run the provisioner: ``python -m provisioner [--backend process|microvm] [--pool-size N]``.
 
 Kafka, Redis, the topic prefix and the deployment folder come from the
-environment (see ``shardbus.config``). Holder logs go to ``--log-dir``, by
+environment (see ``shardbus.config``). The provisioner writes its audit
+records with ``audit.key`` from the deployment folder. Holder logs go to ``--log-dir``, by
 default ``$SHARDBUS_HOME/logs/holders``. SIGTERM or SIGINT stops the
 provisioner. The holders that are ready keep running, and the next
 provisioner for the prefix adopts them; ``--on-stop teardown`` (or
@@ -122,9 +123,11 @@ async def _run(args: argparse.Namespace) -> None:
     from provisioner.access import HolderAccess
     from provisioner.service import Provisioner
     from schemas.topics import Topics
+    from shardbus.audit import AuditLog
     from shardbus.config import Settings
 
     settings = Settings.from_env()
+    audit = AuditLog.from_settings(settings, "provisioner")
     log_dir = args.log_dir or settings.home / "logs" / "holders"
     # With mutual TLS on, each holder gets a certificate and ACLs of its own.
     access = HolderAccess.from_settings(settings)
@@ -132,7 +135,7 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         service = Provisioner(
             settings.kafka_bootstrap, Topics(settings.topic_prefix), _backend(args, log_dir), redis, args.config,
-            access=access,
+            access=access, audit=audit,
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

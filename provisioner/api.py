@@ -24,12 +24,22 @@ from aiokafka.errors import KafkaError
 from schemas import codec
 from schemas.holders import HolderLifecycle, ProvisionReply, ProvisionRequest
 from schemas.topics import Topics
+from shardbus.audit import AuditUnavailable
 from shardbus.errors import DecodeError, ServiceUnavailable
 from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics, topic_partitions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
+
+#: The code that starts a ProvisionReply's error when the provisioner could
+#: not write the audit record of the provision, and so handed out no holder.
+AUDIT_UNAVAILABLE_ERROR = "audit_unavailable"
+
+
+def is_audit_unavailable(error: str) -> bool:
+    """Return whether a ProvisionReply's `error` reports that the provisioner's audit log was unavailable."""
+    return error.startswith(AUDIT_UNAVAILABLE_ERROR + ":")
 
 
 class GrantedHolder(NamedTuple):
@@ -127,8 +137,10 @@ class ProvisionerClient:
         """Ask for `count` holders and return them once the provisioner replies.
 
         Raises ServiceUnavailable when no reply arrives within `timeout_s`
-        or the provisioner replies with an error, and ValueError for an
-        invalid request (for example per_operation without an operation id).
+        or the provisioner replies with an error, AuditUnavailable (a
+        ServiceUnavailable) when that error is that the provisioner's audit
+        log was unavailable, and ValueError for an invalid request (for
+        example per_operation without an operation id).
         """
         if self._producer is None:
             raise RuntimeError("start the ProvisionerClient before sending requests")
@@ -161,7 +173,8 @@ class ProvisionerClient:
         finally:
             self._pending.pop(request.request_id, None)
         if reply.error:
-            raise ServiceUnavailable(f"the provisioner could not provide {count} holders: {reply.error}")
+            failure = AuditUnavailable if is_audit_unavailable(reply.error) else ServiceUnavailable
+            raise failure(f"the provisioner could not provide {count} holders: {reply.error}")
         return [GrantedHolder(h.holder_id, h.public_key, h.kem.value) for h in reply.holders]
 
     async def _read_replies(self) -> None:

@@ -152,6 +152,17 @@ class WarmPool:
             self._ready.append(holder)
             self._changed.notify_all()
 
+    async def put_back(self, holders: list[ReadyHolder]) -> None:
+        """Return holders that take() handed out and the caller did not use, first in line for the next take().
+
+        A holder whose process no longer runs is left out, because its
+        failure is handled elsewhere.
+        """
+        alive = [holder for holder in holders if self._backend.is_alive(holder.holder_id)]
+        async with self._changed:
+            self._ready.extendleft(reversed(alive))
+            self._changed.notify_all()
+
     def request_refill(self) -> None:
         """Ask the background task to bring the pool back to its target."""
         self._refill_wanted.set()

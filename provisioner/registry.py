@@ -8,6 +8,8 @@ Redis layout, for a deployment prefix ``P``::
                                 detail
     P:holders:<state>           set of holder ids in that state
     P:holders:operation:<op>    set of the per-operation holders of one operation
+    P:holders:audit-outbox      list of audit records waiting to be written
+                                (see provisioner.holder_audit)
 
 A holder is in exactly one state set. Torn-down and failed holders keep their
 hash for `retention_s` so operators can still see what happened.

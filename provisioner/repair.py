@@ -14,8 +14,12 @@ the mapping table names in a placement, it
    and waits for its HolderAck on ``{p}.acks``;
 3. moves the placement to the new holder with key slot ``backup``, so the
    authorizer derives the fragment key for that slot from now on;
-4. announces ``holder_replaced`` naming the failed and the new holder, and
-   appends an audit record ``holder.replaced``.
+4. announces ``holder_replaced`` naming the failed and the new holder.
+
+Before the placement moves, it appends two audit records to the
+authorizer's chain: ``holder.replaced`` for the failed holder and
+``fragment.restored`` for the new one, so each holder's timeline in
+``shardbus audit replay --holder`` shows the replacement.
 
 The backup copy stays sealed end to end: neither the repair nor the new
 holder ever sees the plaintext fragment.
@@ -43,6 +47,7 @@ from provisioner.registry import HolderRegistry, HolderState
 from schemas import codec
 from schemas.holders import EventKind, HolderAck, HolderLifecycle, LifecycleEvent, StoreFragment
 from schemas.topics import Topics
+from shardbus.audit import AuditUnavailable
 from shardbus.errors import DecodeError, ServiceUnavailable
 from shardbus.kafka import client_options, topic_partitions
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable, Placement, VersionRecord
@@ -234,11 +239,20 @@ class HolderRepair:
             await self._release(holder.holder_id, name, version.version, "restoring the fragment failed")
             raise
 
-        # The audit record comes before the placement moves, as every audit
+        # The audit records come before the placement moves, as every audit
         # record comes before the action it describes.
         detail = f"replaces {failed_id}: fragment {placement.index} restored from the backup store"
-        await self._audit("holder.replaced", secret_name=name, secret_version=version.version,
-                          holder_id=holder.holder_id, outcome="replaced", detail=detail)
+        try:
+            await self._audit("holder.replaced", secret_name=name, secret_version=version.version,
+                              holder_id=failed_id, outcome="replaced",
+                              detail=f"replaced by {holder.holder_id}: fragment {placement.index} restored from "
+                                     "the backup store")
+            await self._audit("fragment.restored", secret_name=name, secret_version=version.version,
+                              holder_id=holder.holder_id, outcome="restored", detail=detail)
+        except AuditUnavailable:
+            # The placement stays, so no placement would name the new holder's fragment.
+            await self._release(holder.holder_id, name, version.version, "the audit log is unavailable")
+            raise
         replacement = Placement(index=placement.index, holder_id=holder.holder_id, key_slot=BACKUP_SLOT)
         if not await self._mapping.replace_placement(name, version.version, failed_id, replacement):
             log.info("holder %s was replaced meanwhile; releasing the spare holder %s", failed_id, holder.holder_id)

@@ -29,6 +29,11 @@ holders running for the next provisioner to adopt, and tears down only
 those still starting. With ``teardown_on_stop`` it tears down every holder,
 pooled ones included, which suits a throwaway deployment.
 
+Every holder handed out, torn down, failed or returned is an audit record
+on ``{p}.audit`` (see ``provisioner.holder_audit``). A provision whose
+records the audit log did not acknowledge hands out no holder, and its reply
+says ``audit_unavailable``.
+
 Partitions are assigned directly, from the end, so no consumer group is
 involved: one provisioner owns its holder processes, and a request sent
 while no provisioner runs times out at the caller instead of being served
@@ -49,8 +54,10 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from provisioner.api import AUDIT_UNAVAILABLE_ERROR
 from provisioner.backend import HolderBackend, HolderSpec
 from provisioner.config import HOLDER_TOPIC_CONFIG, ProvisionerConfig
+from provisioner.holder_audit import HolderAudit
 from provisioner.pool import WarmPool, new_holder_id
 from provisioner.registry import HolderRecord, HolderRegistry, HolderState
 from provisioner.supervision import FailureHook, HolderSupervisor
@@ -67,6 +74,7 @@ from schemas.holders import (
     ProvisionRequest,
 )
 from schemas.topics import Topics
+from shardbus.audit import AuditLog, AuditUnavailable, actions
 from shardbus.errors import DecodeError, ServiceUnavailable
 from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics, topic_partitions
 from shardbus.readiness import mark_ready
@@ -102,7 +110,9 @@ class Provisioner:
         make_holder_id: Callable[[], str] = new_holder_id,
         on_holder_failed: FailureHook = _no_action,
         access: HolderAccess | None = None,
+        audit: AuditLog,
     ) -> None:
+        """Describe the service; `audit` is its AuditLog (role "provisioner"), which `run()` starts and closes."""
         self._bootstrap = bootstrap
         #: Issues holder certificates and ACLs when Kafka requires mutual TLS.
         self.access = access
@@ -111,9 +121,11 @@ class Provisioner:
         self.config = config
         self.registry = HolderRegistry(redis, topics.prefix, clock_ms=clock_ms)
         self._clock_ms = clock_ms
+        self.audit = HolderAudit(audit, redis, topics.prefix, clock_ms=clock_ms)
         self.supervisor = HolderSupervisor(
             bootstrap=bootstrap, topics=topics, backend=backend, registry=self.registry, config=config,
             emit=self._emit, spawn=self._spawn, on_holder_failed=on_holder_failed, clock_ms=clock_ms,
+            audit=self.audit,
         )
         self.pool = WarmPool(
             backend, self.registry, self._spec_for, self._create_holder_topics, self.fail_holder,
@@ -157,6 +169,7 @@ class Provisioner:
                                           group_id=None, enable_auto_commit=False, **client_options())
         await self._producer.start()
         try:
+            await self.audit.start()
             await self._consumer.start()
             try:
                 await self._assign_from_end(consumed)
@@ -171,6 +184,8 @@ class Provisioner:
                 await self._consumer.stop()
             await self._shutdown()
         finally:
+            # After the shutdown, so that the records of its teardowns are written.
+            await self.audit.close()
             await self._producer.stop()
 
     async def _announce_ready(self) -> None:
@@ -299,6 +314,19 @@ class Provisioner:
             await self._send(request.reply_topic, ProvisionReply(request.request_id, holders=(), error=str(exc)))
             return
 
+        ids = tuple(h.holder_id for h in taken)
+        try:
+            await self.audit.provisioned(request, ids)
+        except AuditUnavailable as exc:
+            # Fail closed: the holders are still empty, so they go back to the pool unused.
+            log.error("provision request %s: handed out none of holders %s, because the audit log is "
+                      "unavailable: %s", request.request_id, ", ".join(ids), exc)
+            await self.pool.put_back(taken)
+            error = (f"{AUDIT_UNAVAILABLE_ERROR}: the audit log is unavailable, so no holder was handed out; "
+                     "retry once Kafka accepts audit records again")
+            await self._send(request.reply_topic, ProvisionReply(request.request_id, holders=(), error=error))
+            return
+
         per_operation = request.lifecycle is HolderLifecycle.PER_OPERATION
         state = HolderState.PER_OPERATION if per_operation else HolderState.ASSIGNED
         for holder in taken:
@@ -316,7 +344,6 @@ class Provisioner:
         )
         await self._send(request.reply_topic, reply)
 
-        ids = tuple(h.holder_id for h in taken)
         log.info("provision request %s: %s holders %s for %r v%d, operation %s", request.request_id,
                  request.lifecycle.value, ", ".join(ids), request.secret_name, request.secret_version,
                  request.operation_id or "-")
@@ -345,6 +372,10 @@ class Provisioner:
     # -- outgoing records -----------------------------------------------------------
 
     async def _emit(self, kind: EventKind, record: HolderRecord, *, detail: str = "", operation_id: str = "") -> None:
+        if kind is EventKind.HOLDER_RETURNED:
+            # Returning a pooled holder exposes nothing new, so its record goes through the outbox.
+            await self.audit.enqueue(actions.HOLDER_RETURNED, record, outcome="returned", detail=detail,
+                                     operation_id=operation_id)
         await self._send(self.topics.lifecycle, LifecycleEvent(
             event=kind, at_ms=self._clock_ms(), holder_id=record.holder_id,
             operation_id=operation_id or record.operation_id, secret_name=record.secret_name,

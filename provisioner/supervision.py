@@ -8,6 +8,10 @@ heartbeat is older than ``heartbeat_timeout_s``, is recorded failed and
 announced with ``holder_failed``. A per-operation holder still running
 ``orphan_timeout_s`` after it was handed out is torn down, because its
 ``operation_completed`` event was missed.
+
+Each teardown and failure is recorded in the audit outbox before the holder
+is stopped (see ``provisioner.holder_audit``), and never waits for the audit
+log, so a holder stops on time even while the log is unavailable.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from provisioner.adoption import adopt_running
 from provisioner.backend import HolderBackend
 from provisioner.config import ProvisionerConfig
+from provisioner.holder_audit import HolderAudit
 from provisioner.pool import WarmPool
 from provisioner.registry import HolderRecord, HolderRegistry, HolderState
 from schemas.holders import EventKind, HolderHeartbeat
 from schemas.topics import Topics
+from shardbus.audit import actions
 from shardbus.kafka import delete_topics
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class HolderSupervisor:
         spawn: SpawnFn,
         on_holder_failed: FailureHook,
         clock_ms: Callable[[], int],
+        audit: HolderAudit,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -62,6 +70,7 @@ class HolderSupervisor:
         self._spawn = spawn
         self._on_holder_failed = on_holder_failed
         self._clock_ms = clock_ms
+        self._audit = audit
         #: Set by the provisioner once the pool exists, because the pool calls back into fail_holder.
         self.pool: WarmPool | None = None
         #: Set by the provisioner when holders have certificates: deletes a holder's ACLs.
@@ -132,11 +141,14 @@ class HolderSupervisor:
     async def _record_gone(self, record: HolderRecord) -> None:
         """Report failed a holder that stopped running while no provisioner watched it."""
         if record.state is HolderState.WARMING:
+            await self._audit.enqueue(actions.HOLDER_TORN_DOWN, record, outcome="torn_down",
+                                      detail=_STARTING_WHEN_STOPPED)
             await self._registry.set_state(record.holder_id, HolderState.TORN_DOWN, detail=_STARTING_WHEN_STOPPED)
             return
         self._failed.add(record.holder_id)
         reason = f"holder process {record.pid} no longer runs after a provisioner restart"
         log.warning("holder %s failed: %s", record.holder_id, reason)
+        await self._audit.enqueue(actions.HOLDER_FAILED, record, outcome="failed", detail=reason)
         await self._delete_topic(record.holder_id)
         await self._registry.set_state(record.holder_id, HolderState.FAILED, detail=reason)
         failed = await self._registry.get(record.holder_id) or record
@@ -144,7 +156,11 @@ class HolderSupervisor:
         await self._on_holder_failed(failed)
 
     async def teardown(self, holder_id: str, detail: str) -> None:
-        """Stop a holder, delete its topic, record it torn down and announce it."""
+        """Record the teardown in the audit outbox, stop the holder and delete its topic, then announce it."""
+        known = await self._known_record(holder_id)
+        if known is None or known.state not in (HolderState.FAILED, HolderState.TORN_DOWN):
+            subject = known or HolderRecord(holder_id, HolderState.TORN_DOWN)
+            await self._audit.enqueue(actions.HOLDER_TORN_DOWN, subject, outcome="torn_down", detail=detail)
         await self._backend.stop(holder_id, self._config.stop_timeout_s)
         await self._delete_topic(holder_id)
         self._forget(holder_id)
@@ -171,6 +187,9 @@ class HolderSupervisor:
         self._failed.add(holder_id)
         pool.discard(holder_id, reason)
         log.warning("holder %s failed: %s", holder_id, reason)
+        known = await self._known_record(holder_id)
+        await self._audit.enqueue(actions.HOLDER_FAILED, known or HolderRecord(holder_id, HolderState.FAILED),
+                                  outcome="failed", detail=reason)
         await self._backend.stop(holder_id, self._config.stop_timeout_s)
         await self._delete_topic(holder_id)
         self._forget(holder_id)
@@ -179,6 +198,15 @@ class HolderSupervisor:
         await self._emit(EventKind.HOLDER_FAILED, record, detail=reason)
         pool.request_refill()
         await self._on_holder_failed(record)
+
+    async def _known_record(self, holder_id: str) -> HolderRecord | None:
+        # A holder is stopped even when Redis fails, so its record is then
+        # written with the holder id alone.
+        try:
+            return await self._registry.get(holder_id)
+        except RedisError as exc:
+            log.error("cannot read holder %s from the registry before stopping it: %s", holder_id, exc)
+            return None
 
     def _forget(self, holder_id: str) -> None:
         self._keys.pop(holder_id, None)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 import msgpack
 from redis.asyncio import Redis
 
+from provisioner.api import is_audit_unavailable
 from schemas import codec
 from schemas.messages import (
     EventKind,
@@ -185,6 +186,8 @@ class Provisioning:
         self, request: OperationRequest, secret_version: int, lease_ttl_ms: int, reply: ProvisionReply
     ) -> None:
         if reply.error:
+            if is_audit_unavailable(reply.error):
+                raise AuditUnavailable(f"the provisioner could not provide holders: {reply.error}")
             raise HoldersUnavailable(f"the provisioner could not provide holders: {reply.error}")
         record = await self._mapping.get(request.secret_name)
         version = None if record is None else record.versions.get(secret_version)

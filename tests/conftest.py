@@ -199,3 +199,78 @@ async def kafka_admin(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[
         await topics.delete_all()
     finally:
         await admin.close()
+
+
+class AuditWrites:
+    """Makes the broker refuse, then accept again, every record written to an audit topic.
+
+    Refusing sets the topic's max.message.bytes below the size of any audit
+    record, so the broker answers each write with MESSAGE_TOO_LARGE: the real
+    broker rejects the record, as it would a write it cannot accept for any
+    other reason, and the writer fails closed at once.
+    """
+
+    #: Smaller than any record batch, which has a 61-byte header alone.
+    REFUSING_LIMIT = "16"
+
+    def __init__(self, admin) -> None:
+        self.admin = admin
+        self.refused: set[str] = set()
+
+    async def refuse(self, topic: str) -> None:
+        """Make the broker refuse every record written to `topic` from now on."""
+        self.refused.add(topic)
+        await self._set(topic, self.REFUSING_LIMIT)
+
+    async def accept(self, topic: str) -> None:
+        """Let the broker accept records on `topic` again, with the audit topic's own settings."""
+        await self._set(topic, None)
+        self.refused.discard(topic)
+
+    async def _set(self, topic: str, limit: str | None) -> None:
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        from shardbus.audit.topic import TOPIC_CONFIG
+
+        # AlterConfigs replaces every setting of the topic, so the audit
+        # topic's own settings are given again with the limit.
+        configs = dict(TOPIC_CONFIG)
+        if limit is not None:
+            configs["max.message.bytes"] = limit
+        await self.admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+        # The broker applies the change shortly after it answers.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TOPIC_READY_TIMEOUT
+        while await self._limit(topic) != limit:
+            if loop.time() > deadline:
+                raise TimeoutError(f"max.message.bytes of {topic} did not change within {TOPIC_READY_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.1)
+
+    async def _limit(self, topic: str) -> str | None:
+        """Return the topic's own max.message.bytes, or None when it has the broker's default."""
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
+        for response in await self.admin.describe_configs([resource]):
+            for _code, _message, _type, _name, entries in response.resources:
+                for name, value, _read_only, source, *_ in entries:
+                    if name == "max.message.bytes":
+                        # DescribeConfigs v1 and later give the source; 1 is a topic's own setting.
+                        return value if source == 1 else None
+        return None
+
+
+@pytest.fixture
+async def audit_writes(kafka_bootstrap: str) -> AsyncIterator[AuditWrites]:
+    """Refuses and accepts writes to audit topics; every refused topic accepts them again afterwards."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="tests-audit-writes")
+    await admin.start()
+    switch = AuditWrites(admin)
+    try:
+        yield switch
+    finally:
+        for topic in sorted(switch.refused):
+            await switch.accept(topic)
+        await admin.close()

@@ -3,7 +3,7 @@
 - ``writer.AuditLog``: what every service writes through, failing closed.
 - ``chain``: the chain and signature format.
 - ``verify``: checks chains and signatures (``shardbus audit verify``).
-- ``replay``: rebuilds each operation's timeline (``shardbus audit replay``).
+- ``replay``: rebuilds each operation's and a holder's timeline (``shardbus audit replay``).
 - ``dump``: decodes records piped from kcat (``python -m shardbus.audit.dump``).
 """
 

@@ -31,10 +31,20 @@ LEASE_RELEASED = "lease.released"
 LEASE_EXPIRED = "lease.expired"
 #: Per-operation holders were loaded for the operation.
 HOLDERS_LOADED = "holders.loaded"
-#: A holder was torn down.
+#: The provisioner handed a holder out (outcome: its lifecycle, "pooled" or "per_operation").
+HOLDER_PROVISIONED = "holder.provisioned"
+#: The provisioner stopped a holder and deleted its topic.
 HOLDER_TORN_DOWN = "holder.torn_down"
-#: A holder went back to the warm pool.
+#: The provisioner found a holder dead (its process exited or its heartbeats stopped) and stopped what was left.
+HOLDER_FAILED = "holder.failed"
+#: A pooled holder's part in an operation ended, and it keeps its fragment for the next one.
 HOLDER_RETURNED = "holder.returned"
+#: The repair moved a failed holder's placement to a new holder (holder_id: the failed holder).
+HOLDER_REPLACED = "holder.replaced"
+#: The repair could not replace a failed holder, for example because its fragment has no backup copy.
+HOLDER_REPLACE_FAILED = "holder.replace_failed"
+#: The repair loaded a failed holder's fragment from the backup store onto a new holder (holder_id: the new holder).
+FRAGMENT_RESTORED = "fragment.restored"
 #: The controlling domain stored the first version of a secret.
 SECRET_STORED = "secret.stored"
 #: The controlling domain stored a new version of a secret.
@@ -47,6 +57,14 @@ FINAL_REPLIES = frozenset({REQUEST_DENIED, LEASE_ISSUED, OPERATION_FAILED})
 
 #: Reason code of a fragment that did not match its commitment.
 FRAGMENT_CORRUPTED = "fragment_corrupted"
+
+#: Reason code of a record written more than the audit log's timeout after its
+#: action, because the audit log was unavailable or slow then (see provisioner.holder_audit).
+RECORDED_LATE = "recorded_late"
+
+#: Holder actions that happen to every holder. Without an operation they are
+#: shown only in a holder's own timeline (``replay --holder``).
+ROUTINE_HOLDER_ACTIONS = frozenset({HOLDER_PROVISIONED, HOLDER_RETURNED, HOLDER_TORN_DOWN})
 
 
 def lifecycle_action(kind: EventKind) -> str:

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
+from shardbus.audit.holder_timeline import HolderEvent, HolderTimeline
 from shardbus.audit.replay import Loose, Stats
 from shardbus.audit.stream import TopicReader
 from shardbus.audit.timeline import Anomaly, Event, Timeline
@@ -20,6 +21,7 @@ from shardbus.audit.timeline import Anomaly, Event, Timeline
 # Widest value shown in a table column; longer ones are cut with "~".
 _MAX_COLUMN = 40
 _COLUMNS = ("time (UTC)", "source", "action", "holder", "outcome", "reason", "detail")
+_HOLDER_COLUMNS = ("time (UTC)", "source", "action", "operation", "outcome", "reason", "detail")
 
 
 def format_time(at_ms: int) -> str:
@@ -46,11 +48,7 @@ class TableSink:
             f"secret {timeline.secret_name or '-'}{version}  [{timeline.status}]"
         )
         self._line(header)
-        rows = [_event_row(event) for event in timeline.events]
-        widths = [min(_MAX_COLUMN, max(len(row[i]) for row in [_COLUMNS, *rows])) for i in range(len(_COLUMNS) - 1)]
-        self._line("  " + _join(_COLUMNS, widths).upper())
-        for row in rows:
-            self._line("  " + _join(row, widths))
+        self._rows(_COLUMNS, [_event_row(event) for event in timeline.events])
         if timeline.events_not_kept:
             self._line(f"  ... {timeline.events_not_kept} more events not kept")
         for anomaly in timeline.anomalies():
@@ -73,6 +71,17 @@ class TableSink:
         when = f"{format_time(anomaly.at_ms)} " if anomaly.at_ms else ""
         self._line(f"! anomaly {when}{anomaly.kind}: {anomaly.detail}")
 
+    def holder(self, timeline: HolderTimeline) -> None:
+        secrets = ", ".join(sorted(timeline.secrets)) or "-"
+        provisioned = ", ".join(sorted(timeline.provisioned)) or "-"
+        self._line(f"holder {timeline.holder_id}  provisioned {provisioned}  secrets {secrets}  [{timeline.status}]")
+        self._rows(_HOLDER_COLUMNS, [_holder_row(item) for item in timeline.events])
+        if timeline.events_not_kept:
+            self._line(f"  ... {timeline.events_not_kept} more events not kept")
+        for anomaly in timeline.anomalies():
+            self._line(f"  ! {anomaly.kind}: {anomaly.detail}")
+        self._line("")
+
     def summary(self, stats: Stats) -> None:
         operations = ", ".join(f"{count} {status}" for status, count in sorted(stats.operations.items())) or "none"
         self._line(
@@ -86,6 +95,12 @@ class TableSink:
                 f"! {stats.undecodable} undecodable audit records and {stats.unverified} that fail their "
                 "signature check were found; run 'shardbus audit verify' for their offsets"
             )
+
+    def _rows(self, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        widths = [min(_MAX_COLUMN, max(len(row[i]) for row in [columns, *rows])) for i in range(len(columns) - 1)]
+        self._line("  " + _join(columns, widths).upper())
+        for row in rows:
+            self._line("  " + _join(row, widths))
 
     def _line(self, text: str) -> None:
         self.out.write(printable(text) + "\n")
@@ -105,6 +120,9 @@ class JsonSink:
 
     def anomaly(self, anomaly: Anomaly) -> None:
         self._write(anomaly.to_json())
+
+    def holder(self, timeline: HolderTimeline) -> None:
+        self._write(timeline.to_json())
 
     def summary(self, stats: Stats) -> None:
         self._write(stats.to_json())
@@ -146,6 +164,14 @@ def _event_row(event: Event) -> tuple[str, ...]:
     return (
         format_time(event.at_ms), source, event.action, event.holder_id, event.outcome, event.reason,
         event.detail,
+    )
+
+
+def _holder_row(item: HolderEvent) -> tuple[str, ...]:
+    event = item.event
+    return (
+        format_time(event.at_ms), event.source + _mark(event), event.action, item.operation_id, event.outcome,
+        event.reason, event.detail,
     )
 
 

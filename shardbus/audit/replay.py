@@ -5,8 +5,12 @@ them) and hands finished items to a sink (``shardbus.audit.render``):
 
 - an operation's ``Timeline`` as soon as it is complete, or when it is
   evicted, or at the end;
-- events that belong to no operation (a secret stored, a holder
-  provisioned), and events that arrive after their operation was printed;
+- events that belong to no operation (a secret stored, a holder failed),
+  and events that arrive after their operation was printed. Routine holder
+  events without an operation (a pooled holder provisioned, a pool holder
+  torn down) are left out;
+- with a holder filter, that holder's own timeline (``HolderTimeline``):
+  every event that names it, at the end, in place of the loose events;
 - anomalies found across operations (bursts of denials, holders that sent
   corrupted fragments), and a summary at the end.
 
@@ -30,6 +34,7 @@ from schemas.audit import AuditRecord
 from schemas.holders import LifecycleEvent
 from shardbus.audit import actions
 from shardbus.audit.chain import verify_record
+from shardbus.audit.holder_timeline import HolderTimeline
 from shardbus.audit.stream import TopicReader, TopicRecord
 from shardbus.audit.timeline import Anomaly, Event, Status, Timeline
 from shardbus.crypto.signing import VerifyKey
@@ -91,6 +96,7 @@ class Sink(Protocol):
     def timeline(self, timeline: Timeline) -> None: ...
     def loose(self, item: Loose) -> None: ...
     def anomaly(self, anomaly: Anomaly) -> None: ...
+    def holder(self, timeline: HolderTimeline) -> None: ...
     def summary(self, stats: Stats) -> None: ...
 
 
@@ -159,6 +165,7 @@ class Replayer:
         self._loaded_holders: dict[str, str] = {}
         self._denials: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self._corrupting: collections.Counter = collections.Counter()
+        self._holder = HolderTimeline(filters.holder_id) if filters.holder_id is not None else None
 
     def feed(self, item: TopicRecord) -> None:
         """Take one record of the audit or the lifecycle topic."""
@@ -178,6 +185,9 @@ class Replayer:
                 f"holder {holder} sent fragments that failed their commitment in {count} operations",
                 holder_id=holder,
             ))
+        if self._holder is not None:
+            self.stats.anomalies += len(self._holder.anomalies())
+            self.sink.holder(self._holder)
         self.sink.summary(self.stats)
 
     def _feed_audit(self, item: TopicRecord) -> None:
@@ -201,6 +211,7 @@ class Replayer:
         )
         if record.action == actions.REQUEST_DENIED and record.app_id:
             self._count_denial(record.app_id, record.at_ms, record.reason)
+        self._note_holder(event, record.operation_id, record.secret_name, record.secret_version, ())
         self._route(event, record.operation_id, record.app_id, record.secret_name, record.secret_version, ())
 
     def _feed_lifecycle(self, item: TopicRecord) -> None:
@@ -215,6 +226,7 @@ class Replayer:
             message.at_ms, "lifecycle", actions.lifecycle_action(message.event), message.holder_id,
             detail=message.detail, where=f"{item.topic}:{item.partition}@{item.offset}",
         )
+        self._note_holder(event, message.operation_id, message.secret_name, message.secret_version, message.holders)
         self._route(event, message.operation_id, "", message.secret_name, message.secret_version, message.holders)
 
     def _route(self, event: Event, operation_id: str, app_id: str, secret_name: str, secret_version: int,
@@ -238,12 +250,20 @@ class Replayer:
                 _, oldest = self._open.popitem(last=False)
                 self._flush(oldest, Status.EVICTED)
         timeline.add(event, app_id=app_id, secret_name=secret_name, secret_version=secret_version, holders=holders)
-        if event.action == actions.HOLDERS_LOADED:
+        if event.action in (actions.HOLDERS_LOADED, actions.HOLDER_PROVISIONED):
             for holder in timeline.holders_loaded:
                 self._loaded_holders[holder] = operation_id
         if timeline.is_complete():
             del self._open[operation_id]
             self._flush(timeline, Status.COMPLETE)
+
+    def _note_holder(self, event: Event, operation_id: str, secret_name: str, secret_version: int,
+                     holders: tuple[str, ...]) -> None:
+        holder = self._holder
+        if holder is None or (event.holder_id != holder.holder_id and holder.holder_id not in holders):
+            return
+        if self.filters.in_window(event.at_ms):
+            holder.add(event, operation_id=operation_id, secret_name=secret_name, secret_version=secret_version)
 
     def _should_track(self, operation_id: str, at_ms: int) -> bool:
         # Only the filters known from the first event can be applied this early.
@@ -284,9 +304,13 @@ class Replayer:
 
     def _loose(self, item: Loose, holders: tuple[str, ...]) -> None:
         named = {item.event.holder_id, *holders}
-        if item.event.source == "lifecycle" and not item.late and self.filters.holder_id is None:
-            # Holder lifecycle events without an operation are routine, so
-            # they are shown only when a holder is asked for.
+        if self.filters.holder_id is not None:
+            # The loose events that name the holder are in its own timeline.
+            return
+        if item.event.action in actions.ROUTINE_HOLDER_ACTIONS or (item.event.source == "lifecycle" and not item.late):
+            # Holder events outside an open operation happen to every holder,
+            # such as a pooled holder returned after its operation completed,
+            # so they are shown only in a holder's own timeline.
             return
         wanted = self.filters.matches(
             operation_id=item.operation_id, app_id=item.app_id, secret_name=item.secret_name,

@@ -131,13 +131,13 @@ class Timeline:
             self.decision = "denied"
         elif action == actions.FETCH_SENT and holder:
             self.holders_asked.add(holder)
-        elif action == actions.HOLDERS_LOADED:
+        elif action == actions.HOLDERS_LOADED or (action == actions.HOLDER_PROVISIONED and _per_operation(event)):
             self.holders_loaded.update(holders or ((holder,) if holder else ()))
         elif action == actions.FRAGMENT_RECEIVED and holder:
             self.holders_answered.add(holder)
         elif action == actions.FRAGMENT_REJECTED and holder:
             self.holders_rejected[holder] = event.reason or event.detail[:_MAX_WHY] or "rejected"
-        elif action in (actions.HOLDER_TORN_DOWN, actions.HOLDER_RETURNED):
+        elif action in (actions.HOLDER_TORN_DOWN, actions.HOLDER_FAILED, actions.HOLDER_RETURNED):
             self.holders_done.update(holders or ((holder,) if holder else ()))
         elif action == actions.LEASE_RELEASED:
             self.lease_released = True
@@ -226,3 +226,8 @@ class Timeline:
             "events": [event.to_json() for event in self.events], "events_not_kept": self.events_not_kept,
             "anomalies": [anomaly.to_json() for anomaly in self.anomalies()],
         }
+
+
+def _per_operation(event: Event) -> bool:
+    # The provisioner's audit record carries the lifecycle as its outcome, its lifecycle event as its detail.
+    return "per_operation" in (event.outcome, event.detail)

@@ -36,7 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     replay = actions.add_parser("replay", help="rebuild each operation's timeline, with anomalies flagged")
     replay.add_argument("--secret", metavar="PATTERN", help="only secrets matching this shell pattern, e.g. 'db/*'")
     replay.add_argument("--app", metavar="APP_ID", help="only this application's operations")
-    replay.add_argument("--holder", metavar="HOLDER_ID", help="only operations this holder took part in")
+    replay.add_argument("--holder", metavar="HOLDER_ID",
+                        help="only operations this holder took part in, followed by the holder's own timeline")
     replay.add_argument("--operation", metavar="OPERATION_ID", help="only this operation")
     replay.add_argument("--since", metavar="TIME", help="start reading at TIME (see TIME below)")
     replay.add_argument("--until", metavar="TIME", help="only operations that started before TIME")

@@ -90,6 +90,9 @@ class ListSink:
     def anomaly(self, anomaly: Anomaly) -> None:
         self.items.append(anomaly)
 
+    def holder(self, timeline) -> None:
+        self.items.append(timeline)
+
     def summary(self, stats) -> None:
         self.items.append(stats)
 

@@ -16,8 +16,11 @@ from provisioner.config import ProvisionerConfig
 from provisioner.process import ProcessBackend
 from provisioner.service import Provisioner
 from schemas import codec
+from schemas.audit import AuditRecord
 from schemas.base import Message
 from schemas.topics import Topics
+from shardbus.audit import AuditLog
+from shardbus.crypto.signing import SigningKey
 
 #: Maximum wait for any one event, generous for a loaded CI machine.
 EVENT_TIMEOUT_S = 45.0
@@ -34,6 +37,10 @@ TEST_CONFIG = ProvisionerConfig(
 )
 
 MessageT = TypeVar("MessageT", bound=Message)
+
+#: The audit key of every provisioner these tests start, so that a second
+#: provisioner on a prefix continues the first one's chain.
+AUDIT_KEY = SigningKey.generate()
 
 
 class Inbox:
@@ -124,9 +131,13 @@ class RunningProvisioner:
 
 
 async def start_provisioner(bootstrap: str, redis: Redis, topics: Topics, log_dir: Path,
-                            config: ProvisionerConfig) -> RunningProvisioner:
-    """Start a provisioner as a task and return it once it is ready with a full pool."""
-    service = Provisioner(bootstrap, topics, ProcessBackend(log_dir), redis, config)
+                            config: ProvisionerConfig, *, audit_key: SigningKey | None = None) -> RunningProvisioner:
+    """Start a provisioner as a task and return it once it is ready with a full pool.
+
+    Its audit records are signed with `audit_key`, by default AUDIT_KEY.
+    """
+    audit = AuditLog(bootstrap, topics, audit_key or AUDIT_KEY, role="provisioner")
+    service = Provisioner(bootstrap, topics, ProcessBackend(log_dir), redis, config, audit=audit)
     task = asyncio.create_task(service.run())
     running = RunningProvisioner(service, task, topics, Inbox(bootstrap, [topics.lifecycle, topics.deadletter]),
                                  log_dir)
@@ -143,3 +154,22 @@ async def start_provisioner(bootstrap: str, redis: Redis, topics: Topics, log_di
             await running.stop()
         raise
     return running
+
+
+async def read_audit_records(bootstrap: str, topics: Topics, partition: int) -> list[AuditRecord]:
+    """Return every record on one partition of the audit topic, in order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topics.audit, partition)
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, begin)
+        records: list[AuditRecord] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            records.extend(codec.decode(message.value, AuditRecord) for message in batch.get(tp, []))
+        return records
+    finally:
+        await consumer.stop()

@@ -14,9 +14,19 @@ from redis.asyncio import Redis
 
 from provisioner.api import request_holders
 from provisioner.registry import HolderRegistry, HolderState
-from provisioner_harness import TEST_CONFIG, Inbox, eventually, process_exists, start_provisioner
+from provisioner_harness import (
+    TEST_CONFIG,
+    Inbox,
+    eventually,
+    process_exists,
+    read_audit_records,
+    start_provisioner,
+)
 from schemas.holders import EventKind, LifecycleEvent
 from schemas.topics import Topics
+from shardbus.audit import ROLE_PARTITIONS
+from shardbus.audit.chain import load_signing_key, verify_record
+from shardbus.deployment import init_deployment
 from shardbus.services import ServiceGroup
 
 pytestmark = pytest.mark.integration
@@ -121,12 +131,15 @@ async def test_sigkill_restart_adopts_holders(kafka_bootstrap: str, kafka_admin,
                                               topic_prefix: str, tmp_path: Path) -> None:
     topics = Topics(topic_prefix)
     registry = HolderRegistry(redis, topic_prefix)
+    # The provisioner signs its audit records with the deployment's audit key.
+    home = tmp_path / "deployment"
+    init_deployment(home)
     env = dict(os.environ)
     env.update({
         "SHARDBUS_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "SHARDBUS_REDIS_URL": redis_url,
         "SHARDBUS_TOPIC_PREFIX": topic_prefix,
-        "SHARDBUS_HOME": str(tmp_path),
+        "SHARDBUS_HOME": str(home),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     })
     group = ServiceGroup(env=env, log_dir=tmp_path / "logs", ready_timeout_s=90)
@@ -163,6 +176,19 @@ async def test_sigkill_restart_adopts_holders(kafka_bootstrap: str, kafka_admin,
         assert record is not None
         assert record.state is HolderState.ASSIGNED
         assert record.pid == pids[assigned]
+
+        # The restarted provisioner records the failure on the chain the first one began.
+        async def failure_recorded() -> bool:
+            records = await read_audit_records(kafka_bootstrap, topics, ROLE_PARTITIONS["provisioner"])
+            return ("holder.failed", dead) in [(r.action, r.holder_id) for r in records]
+
+        await eventually(failure_recorded, f"the failure of holder {dead} is an audit record")
+        records = await read_audit_records(kafka_bootstrap, topics, ROLE_PARTITIONS["provisioner"])
+        assert [r.sequence for r in records] == list(range(len(records)))
+        assert [(r.action, r.holder_id) for r in records][0] == ("holder.provisioned", assigned)
+        verify_key = load_signing_key(home / "audit.key").verify_key
+        for record in records:
+            verify_record(record, ROLE_PARTITIONS["provisioner"], verify_key)
     finally:
         await inbox.stop()
         await asyncio.to_thread(group.stop)

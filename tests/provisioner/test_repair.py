@@ -100,7 +100,9 @@ async def test_repair_restores_backup(redis, redis_prefix) -> None:
     [event] = cluster.announced
     assert event.event is EventKind.HOLDER_REPLACED
     assert event.holders == ("h2", "holder-new1")
-    assert [action for action, _ in cluster.audited] == ["holder.replaced"]
+    assert [(action, fields["holder_id"]) for action, fields in cluster.audited] == [
+        ("holder.replaced", "h2"), ("fragment.restored", "holder-new1"),
+    ]
 
 
 async def test_repair_runs_once_per_holder(redis, redis_prefix) -> None:

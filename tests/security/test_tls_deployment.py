@@ -261,3 +261,16 @@ class LifecycleReader:
                         continue
                     if isinstance(message, LifecycleEvent):
                         self.events.append(message)
+
+
+async def test_audit_trail_verifies_over_tls(tls_deployment):
+    put_secret(tls_deployment, "db/audited", b"a" * 16, "--fragments", "2", "--threshold", "2")
+
+    result = tls_deployment.cli("audit", "verify")
+
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    assert "BREAK" not in output
+    # The controller (partition 0) and the provisioner (partition 3) wrote with their own certificates.
+    for partition in (0, 3):
+        assert f"partition {partition}:" in output, output

@@ -403,3 +403,43 @@ async def test_provisioner_error_denied(env: Env):
 
     assert reply.reason == Reason.FRAGMENT_MISSING
     assert "pool empty" in reply.detail
+
+
+async def test_provisioner_without_audit_denied(env: Env):
+    topics = env.dep.topics
+    await _store_per_operation_secret(env, "db/ephemeral")
+    request = await env.send_request("billing", "db/ephemeral")
+    async with readers(env.dep.settings.kafka_bootstrap, topics.provisioner) as (provisioner,):
+        (ask,) = await provisioner.wait_for_type(ProvisionRequest, operation_id=request.operation_id)
+
+    error = "audit_unavailable: the audit log is unavailable, so no holder was handed out"
+    await env.producer.send(ask.reply_topic, ProvisionReply(request_id=ask.request_id, holders=(), error=error))
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.AUDIT_UNAVAILABLE
+    async with readers(env.dep.settings.kafka_bootstrap, topics.plans) as (plans,):
+        assert [m for m in await plans.read_to_end() if m.operation_id == request.operation_id] == []
+
+
+async def test_unwritable_audit_topic_denied(env: Env, audit_writes):
+    topics = env.dep.topics
+    bootstrap = env.dep.settings.kafka_bootstrap
+    await audit_writes.refuse(topics.audit)
+
+    request = await env.send_request("billing", "db/password")
+    reply = await _error_reply(env, "billing", request.operation_id)
+
+    assert reply.reason == Reason.AUDIT_UNAVAILABLE
+    assert "audit log" in reply.detail
+    async with readers(bootstrap, topics.plans, topics.audit, *(topics.holder(h) for h in HOLDERS)) as (
+        plans, audit, *holders,
+    ):
+        assert [m for m in await plans.read_to_end() if m.operation_id == request.operation_id] == []
+        assert [m for m in await audit.read_to_end() if m.operation_id == request.operation_id] == []
+        for reader in holders:
+            assert [m for m in await reader.read_to_end() if isinstance(m, FetchCommand)] == []
+
+    await audit_writes.accept(topics.audit)
+    later = await env.send_request("billing", "db/password")
+    async with readers(bootstrap, topics.plans) as (plans,):
+        await plans.wait_for_type(OperationPlan, operation_id=later.operation_id)
