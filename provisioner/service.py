@@ -11,8 +11,9 @@ It consumes three topics:
   keep it alive. A heartbeat from a process other than the one started, or
   with another public key than the first, is ignored.
 - ``{p}.lifecycle``: ``operation_completed`` tears down the operation's
-  per-operation holders and refills the pool; it, ``lease_released`` and
-  ``lease_expired`` make the pooled holders they name ``holder_returned``.
+  per-operation holders and refills the pool. ``lease_released`` and
+  ``lease_expired`` make the pooled holders they name ``holder_returned``:
+  a pooled holder's part ends with the lease, not with the reply.
   ``holders_released`` tears down the holders it names, whose fragments were
   destroyed. With mutual TLS only the services may write this topic
   (shardbus.certs.acls); holders acknowledge commands on ``{p}.acks``.
@@ -286,15 +287,22 @@ class Provisioner:
                     self._spawn(self.teardown(holder_id, "its fragments were destroyed"), f"release-{holder_id}")
             self.pool.request_refill()
             return
-        if event.event not in (EventKind.OPERATION_COMPLETED, EventKind.LEASE_RELEASED, EventKind.LEASE_EXPIRED):
+        if event.event is EventKind.OPERATION_COMPLETED:
+            if event.operation_id:
+                self._spawn(self.teardown_operation(event.operation_id), f"teardown-{event.operation_id}")
             return
-        for holder_id in sorted(named):
-            record = await self.registry.get(holder_id)
-            if record is not None and record.state is HolderState.ASSIGNED:
-                await self._emit(EventKind.HOLDER_RETURNED, record, detail=f"after {event.event.value}",
-                                 operation_id=event.operation_id)
-        if event.event is EventKind.OPERATION_COMPLETED and event.operation_id:
-            self._spawn(self.teardown_operation(event.operation_id), f"teardown-{event.operation_id}")
+        if event.event not in (EventKind.LEASE_RELEASED, EventKind.LEASE_EXPIRED):
+            return
+        # Every lease end names all the holders of its operation, so their
+        # records are read and their events sent together, not one round
+        # trip after another on the loop that also reads heartbeats.
+        records = await asyncio.gather(*(self.registry.get(holder_id) for holder_id in sorted(named)))
+        await asyncio.gather(*(
+            self._emit(EventKind.HOLDER_RETURNED, record, detail=f"after {event.event.value}",
+                       operation_id=event.operation_id)
+            for record in records
+            if record is not None and record.state is HolderState.ASSIGNED
+        ))
 
     # -- actions --------------------------------------------------------------
 
