@@ -1,7 +1,8 @@
 """The agent loop and the producer both stream services use.
 
-Every agent handles its records one at a time, in order, and acknowledges a
-record to faust only once its handler returned. faust commits an offset only
+Every agent handles up to a window of records at once and acknowledges
+each record to faust, in offset order, only once its handler returned and
+every record before it was acknowledged. faust commits an offset only
 when every record before it is acknowledged. So a record whose handling was
 cut short is handled again after the restart instead of being skipped, be it
 by a crash, a SIGKILL, a cancelled task or a stop while Kafka or Redis is
@@ -27,15 +28,19 @@ exactly-once processing).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.base import MAX_MESSAGE_SIZE
-from shardbus.errors import ServiceUnavailable
+from shardbus.errors import ConfigError, ServiceUnavailable
 from shardbus.kafka import RELIABLE_PRODUCER, client_options
 from streams.handling import InputRecord, is_retriable, retrying
 
@@ -59,30 +64,93 @@ def input_record(event: faust.EventT) -> InputRecord:
     return InputRecord(message.topic, message.partition, message.offset, message.key, value)
 
 
-async def handle_in_order(stream: faust.StreamT, handle: Handler, *, stopped: asyncio.Event, what: str) -> None:
-    """Handle each record of `stream` with `handle`, and acknowledge it only afterwards.
+#: Environment variable with the number of records an agent handles at once.
+WINDOW_ENV = "SHARDBUS_AGENT_WINDOW"
+DEFAULT_WINDOW = 16
+MAX_WINDOW = 256
+
+
+def agent_window(environ: Mapping[str, str] | None = None) -> int:
+    """Return the agent window from ``SHARDBUS_AGENT_WINDOW`` (default 16)."""
+    raw = (os.environ if environ is None else environ).get(WINDOW_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WINDOW
+    try:
+        window = int(raw)
+    except ValueError:
+        window = 0
+    if not 1 <= window <= MAX_WINDOW:
+        raise ConfigError(f"{WINDOW_ENV} must be a whole number from 1 to {MAX_WINDOW}, got {raw!r}")
+    return window
+
+
+@dataclass
+class _InFlight:
+    event: faust.EventT
+    record: InputRecord
+    task: asyncio.Task
+
+
+async def handle_in_order(
+    stream: faust.StreamT, handle: Handler, *, stopped: asyncio.Event, what: str, window: int = 1,
+) -> None:
+    """Handle the records of `stream` with `handle`, and acknowledge each only after its handler returned.
+
+    Up to `window` records are handled at once, so that one record's broker
+    and Redis round trips overlap with the next ones'. They are acknowledged
+    in offset order: a record that finished early waits for every record
+    before it. Handlers must therefore be safe to run concurrently for
+    different records, and idempotent, as for a restart.
 
     Retriable errors are retried with backoff (see streams.handling.retrying).
     A record whose handler raises another error is logged and acknowledged,
     so that one bad record does not stop the agent. A record that is still
     failing with a retriable error when the service stops is left
-    unacknowledged, and the loop ends there.
-    `what` names the records in log lines, such as "request".
+    unacknowledged, the records after it are cancelled and left too, and the
+    loop ends there. `what` names the records in log lines, such as "request".
     """
-    async for event in stream.noack().events():
-        record = input_record(event)
-        try:
-            await retrying(f"{what} at {record.topic}[{record.partition}]@{record.offset}",
-                           lambda: handle(record), stop=stopped)
-        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the agent.
-            if stopped.is_set() and is_retriable(exc):
-                log.warning("left the %s at %s[%d]@%d unacknowledged while stopping (%s: %s); "
-                            "it is handled again after the restart",
-                            what, record.topic, record.partition, record.offset, type(exc).__name__, exc)
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    in_flight: deque[_InFlight] = deque()
+    try:
+        async for event in stream.noack().events():
+            record = input_record(event)
+            task = asyncio.ensure_future(retrying(
+                f"{what} at {record.topic}[{record.partition}]@{record.offset}",
+                functools.partial(handle, record), stop=stopped,
+            ))
+            in_flight.append(_InFlight(event, record, task))
+            while in_flight and (len(in_flight) >= window or in_flight[0].task.done()):
+                if not await _finish_oldest(stream, in_flight, stopped, what):
+                    return
+        while in_flight:
+            if not await _finish_oldest(stream, in_flight, stopped, what):
                 return
-            log.exception("failed to handle the %s at %s[%d]@%d; skipped it",
-                          what, record.topic, record.partition, record.offset)
-        await stream.ack(event)
+    finally:
+        # Cancelled or ended early: whatever is still running is left
+        # unacknowledged and handled again after the restart.
+        for item in in_flight:
+            item.task.cancel()
+        await asyncio.gather(*(item.task for item in in_flight), return_exceptions=True)
+
+
+async def _finish_oldest(stream: faust.StreamT, in_flight: deque[_InFlight], stopped: asyncio.Event, what: str) -> bool:
+    """Wait for the oldest record's handler and acknowledge the record; return False to end the loop."""
+    item = in_flight[0]
+    record = item.record
+    try:
+        await asyncio.shield(item.task)
+    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the agent.
+        if stopped.is_set() and is_retriable(exc):
+            log.warning("left the %s at %s[%d]@%d unacknowledged while stopping (%s: %s); "
+                        "it is handled again after the restart",
+                        what, record.topic, record.partition, record.offset, type(exc).__name__, exc)
+            return False
+        log.error("failed to handle the %s at %s[%d]@%d; skipped it",
+                  what, record.topic, record.partition, record.offset, exc_info=exc)
+    in_flight.popleft()
+    await stream.ack(item.event)
+    return True
 
 
 class ReliableProducer:

@@ -57,7 +57,7 @@ from provisioner.registry import HolderRegistry, HolderState
 from provisioner.repair import HolderAcks, HolderRepair, pooled_holder_request
 from streams.admission import DEFAULT_MAX_SKEW_S, Admission, RequestChecks
 from streams.app import DEFAULT_PARTITIONS, LARGE_RECORD_CONFIG, make_app, raw_topic, run_main, run_until_stopped
-from streams.agents import ReliableProducer, handle_in_order
+from streams.agents import ReliableProducer, agent_window, handle_in_order
 from streams.denials import Denials, readable_ids
 from streams.handling import InputRecord, RepeatedFailureLog, is_retriable
 from shardbus.deployment import load_reassembler_public
@@ -310,10 +310,11 @@ def build_app(
     """Attach the authorizer's agents and timer to a faust app, and the repair agent if `repair` is given."""
     requests = raw_topic(app, authorizer.topics.requests)
     provisioned = raw_topic(app, authorizer.provisioning.reply_topic)
+    window = agent_window()
 
     @app.agent(requests, name="authorizer.requests")
     async def authorize(stream: faust.StreamT) -> None:
-        await handle_in_order(stream, authorizer.handle_request, stopped=stopped, what="request")
+        await handle_in_order(stream, authorizer.handle_request, stopped=stopped, what="request", window=window)
 
     @app.agent(provisioned, name="authorizer.provisioned")
     async def load_holders(stream: faust.StreamT) -> None:

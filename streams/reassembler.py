@@ -70,7 +70,7 @@ from streams.app import (
     run_until_stopped,
 )
 from streams.assembly import FragmentRejected, open_context, open_fragment, seal_lease
-from streams.agents import ReliableProducer, handle_in_order
+from streams.agents import ReliableProducer, agent_window, handle_in_order
 from streams.handling import InputRecord, RepeatedFailureLog
 from streams.leases import SWEEP_INTERVAL_S, LeaseBook, LeaseExpiry
 from streams.opstate import OperationState, OperationStore
@@ -392,11 +392,12 @@ def _error(plan: OperationPlan, reason: Reason, detail: str, holders: tuple[str,
 def build_app(app: faust.App, reassembler: Reassembler, stopped: asyncio.Event) -> None:
     """Attach the reassembler's agent and deadline timer to a faust app."""
     inputs = raw_topic(app, reassembler.topics.plans, reassembler.topics.fragments)
+    window = agent_window()
 
     @app.agent(inputs, name="reassembler.inputs")
     async def reassemble(stream: faust.StreamT) -> None:
         # A skipped record's operation still ends with a final reply when its deadline passes.
-        await handle_in_order(stream, reassembler.handle, stopped=stopped, what="record")
+        await handle_in_order(stream, reassembler.handle, stopped=stopped, what="record", window=window)
 
     failures = RepeatedFailureLog(log, "sending the final replies of operations past their deadline")
     built_at = time.monotonic()

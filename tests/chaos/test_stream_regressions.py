@@ -37,10 +37,11 @@ from schemas.messages import ErrorReply, OperationPlan, OperationRequest, Reason
 from schemas.topics import Topics
 from shardbus.crypto import envelope
 from shardbus.crypto.keys import MasterKey
+from shardbus.errors import ConfigError
 from shardbus.store.mapping import Placement, VersionRecord
 from streams import authorizer as authorizer_module
 from streams import reassembler as reassembler_module
-from streams.agents import handle_in_order
+from streams.agents import DEFAULT_WINDOW, agent_window, handle_in_order
 from streams.app import make_app, raw_topic
 from streams.handling import InputRecord
 from streams.planning import FetchTarget, Planner
@@ -68,7 +69,8 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> 
 
 
 async def start_probe(bootstrap: str, group: str, topic: str, handler: Handler,
-                      stopped: asyncio.Event | None = None, ended: asyncio.Event | None = None) -> faust.App:
+                      stopped: asyncio.Event | None = None, ended: asyncio.Event | None = None,
+                      window: int = 1) -> faust.App:
     """Start a faust app whose one agent runs `handler` through handle_in_order.
 
     `ended` is set when handle_in_order returns.
@@ -78,7 +80,7 @@ async def start_probe(bootstrap: str, group: str, topic: str, handler: Handler,
 
     @app.agent(raw_topic(app, topic), name="probe")
     async def probe(stream: faust.StreamT) -> None:
-        await handle_in_order(stream, handler, stopped=stop, what="probe record")
+        await handle_in_order(stream, handler, stopped=stop, what="probe record", window=window)
         if ended is not None:
             ended.set()
 
@@ -235,6 +237,83 @@ async def test_failing_record_at_stop_not_acknowledged(kafka_bootstrap, kafka_ad
         await eventually(lambda: b"1" in again, "record 1 was handled after the restart")
     finally:
         await app.stop()
+
+
+async def test_window_overlaps_but_commits_in_order(kafka_bootstrap, kafka_admin, topic_prefix) -> None:
+    # With a window of 4, record 1 waits until record 3 is handled, which
+    # only works when they run at once. No offset past record 0 may be
+    # committed before record 1 finished.
+    [topic] = await kafka_admin.create(f"{topic_prefix}.probe")
+    group = f"{topic_prefix}-probe"
+    await produce(kafka_bootstrap, topic, _values(5))
+    finished: list[bytes] = []
+    three_done = asyncio.Event()
+    release_one = asyncio.Event()
+
+    async def one_waits_for_three(record: InputRecord) -> None:
+        if record.value == b"1":
+            await three_done.wait()
+            await release_one.wait()
+        finished.append(record.value)
+        if record.value == b"3":
+            three_done.set()
+
+    app = await start_probe(kafka_bootstrap, group, topic, one_waits_for_three, window=4)
+    try:
+        await eventually(three_done.is_set, "record 3 was handled while record 1 waited")
+        await eventually(lambda: _committed_is(kafka_bootstrap, group, 1), "the offset after record 0 is committed")
+        assert (await committed(kafka_bootstrap, group))[0] == 1, "an offset past the waiting record was committed"
+        release_one.set()
+        await eventually(lambda: len(finished) == 5, "all five records were handled")
+        await eventually(lambda: _committed_is(kafka_bootstrap, group, 5), "every offset is committed")
+    finally:
+        await app.stop()
+
+    assert finished.index(b"3") < finished.index(b"1")
+
+
+async def test_window_failing_record_at_stop_holds_commit(kafka_bootstrap, kafka_admin, topic_prefix) -> None:
+    # Record 1 fails until the service stops while records 2 to 4 finish
+    # beside it: none of them may be committed, and all are handled again.
+    [topic] = await kafka_admin.create(f"{topic_prefix}.probe")
+    group = f"{topic_prefix}-probe"
+    await produce(kafka_bootstrap, topic, _values(5))
+    attempts: list[bytes] = []
+    stopped = asyncio.Event()
+    ended = asyncio.Event()
+
+    async def one_always_fails(record: InputRecord) -> None:
+        attempts.append(record.value)
+        if record.value == b"1":
+            raise redis.exceptions.ConnectionError("Redis is down")
+
+    app = await start_probe(kafka_bootstrap, group, topic, one_always_fails, stopped, ended, window=4)
+    try:
+        await eventually(lambda: attempts.count(b"1") >= 2, "record 1 was retried")
+        stopped.set()
+        await eventually(ended.is_set, "the agent's loop ended at the unacknowledged record")
+    finally:
+        await app.stop()
+
+    assert (await committed(kafka_bootstrap, group))[0] == 1
+    again: list[bytes] = []
+
+    async def records(record: InputRecord) -> None:
+        again.append(record.value)
+
+    app = await start_probe(kafka_bootstrap, group, topic, records, window=4)
+    try:
+        await eventually(lambda: again == _values(5)[1:], "records 1 to 4 were handled after the restart")
+    finally:
+        await app.stop()
+
+
+def test_agent_window_setting() -> None:
+    assert agent_window({}) == DEFAULT_WINDOW
+    assert agent_window({"SHARDBUS_AGENT_WINDOW": "1"}) == 1
+    for bad in ("0", "-3", "many", "1000"):
+        with pytest.raises(ConfigError, match="SHARDBUS_AGENT_WINDOW must be a whole number from 1 to 256"):
+            agent_window({"SHARDBUS_AGENT_WINDOW": bad})
 
 
 async def test_faust_commits_past_one_gap(kafka_bootstrap, kafka_admin, topic_prefix) -> None:
