@@ -23,6 +23,7 @@ and these variables:
 | SHARDBUS_HOLDER_MAX_SILENCE_S | a holder whose last heartbeat is older is counted dead, in seconds | 10 |
 | SHARDBUS_PROVISION_TIMEOUT_S | time the provisioner has to provide per-operation holders, in seconds | 10 |
 | SHARDBUS_HOLDER_REPAIR | "on" or "off": replace failed pooled holders (provisioner.repair) | on |
+| SHARDBUS_AGENT_WINDOW | requests handled at once; acknowledged in order (streams.agents) | 16 |
 
 The authorizer also runs the holder repair: an agent on ``{p}.lifecycle``
 that restores the fragment of each failed pooled holder onto a new holder

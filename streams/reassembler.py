@@ -27,7 +27,10 @@ NOTE: HPKE base mode does not authenticate the sender, so anyone who can
 write to ``{p}.plans`` can seal a plan. A forged plan cannot produce a lease
 for fragments it has no commitments for, but it can make an operation fail.
 
-Run it with ``python -m streams.reassembler``; it reads shardbus.config.Settings.
+Run it with ``python -m streams.reassembler``; it reads shardbus.config.Settings
+and ``SHARDBUS_AGENT_WINDOW``, the number of records it handles at once
+(default 16; see streams.agents). Records of one operation take turns on a
+lock, so only records of different operations overlap.
 """
 
 from __future__ import annotations
