@@ -52,6 +52,7 @@ from shardbus.crypto.keys import MasterKey
 from shardbus.errors import ConfigError, DecodeError, Denied
 from shardbus.kafka import ensure_topics
 from shardbus.policy import Policy, load_policy
+from shardbus.redis_health import check_redis
 from shardbus.store.mapping import MappingTable, VersionRecord
 from provisioner.api import ProvisionerClient
 from provisioner.registry import HolderRegistry, HolderState
@@ -354,6 +355,9 @@ async def serve(
     master_key = MasterKey.load(settings.master_key_path)
     reassembler_key = load_reassembler_public(settings.reassembler_public_path)
     topics = Topics(settings.topic_prefix)
+    # Without this check the authorizer would start, and every request and
+    # timer tick would fail on Redis instead.
+    await check_redis(settings.redis_url)
 
     app = make_app(f"{settings.topic_prefix}-authorizer", settings.kafka_bootstrap)
     redis = Redis.from_url(settings.redis_url)

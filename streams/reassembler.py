@@ -62,6 +62,7 @@ from shardbus.crypto import envelope
 from shardbus.deployment import load_reassembler_key
 from shardbus.errors import CombineError, DecodeError, IntegrityError
 from shardbus.kafka import ensure_topics
+from shardbus.redis_health import check_redis
 from shardbus.sharing.fragment import Fragment
 from streams.app import (
     DEFAULT_PARTITIONS,
@@ -443,6 +444,9 @@ async def serve(
     """Run the reassembler until `stopped` is set; `clock` dates its deadlines, leases and expiries."""
     keys = load_reassembler_key(settings.reassembler_key_path)
     topics = Topics(settings.topic_prefix)
+    # Without this check the reassembler would start, and every fragment and
+    # timer tick would fail on Redis instead.
+    await check_redis(settings.redis_url)
     app = make_app(f"{settings.topic_prefix}-reassembler", settings.kafka_bootstrap)
     redis = Redis.from_url(settings.redis_url)
     producer = ReliableProducer(settings.kafka_bootstrap, client_id="reassembler")
