@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -51,7 +52,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"ready, empty holders to keep warm (default {_DEFAULTS.pool_size}; for microVMs, "
                         "as many as fit in an eighth of the available memory, from 1 to 4)")
     parser.add_argument("--max-holders", type=int, default=_DEFAULTS.max_holders,
-                        help=f"maximum number of holders in use outside the warm pool (default {_DEFAULTS.max_holders})")
+                        help="maximum number of running holders outside the warm pool, counting pooled holders "
+                        "that keep stored fragments, so it also limits how many secrets can be stored (at 3-of-5, "
+                        f"about a fifth of it); a provision request beyond it fails (default {_DEFAULTS.max_holders})")
     parser.add_argument("--heartbeat-interval", type=float, default=_DEFAULTS.heartbeat_interval_s,
                         metavar="SECONDS", help="seconds between a holder's heartbeats "
                         f"(default {_DEFAULTS.heartbeat_interval_s:g})")
@@ -106,6 +109,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_log_dir(log_dir: Path) -> None:
+    """Create `log_dir` if needed and write a file in it, so a bad --log-dir stops the provisioner at start-up.
+
+    Raises ConfigError naming the folder and --log-dir. Without this check the
+    provisioner would start, and every holder start would fail later.
+    """
+    from shardbus.errors import ConfigError
+
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create or write the holder log folder {log_dir} ({exc.strerror or exc}); "
+            "pass --log-dir a folder the provisioner may create and write "
+            "(default $SHARDBUS_HOME/logs/holders)"
+        ) from None
+
+
 def _backend(args: argparse.Namespace, log_dir: Path) -> HolderBackend:
     if args.backend == "microvm":
         from provisioner.microvm import DEFAULT_MEMORY_MIB, MicroVMBackend
@@ -125,10 +148,13 @@ async def _run(args: argparse.Namespace) -> None:
     from schemas.topics import Topics
     from shardbus.audit import AuditLog
     from shardbus.config import Settings
+    from shardbus.redis_health import check_redis
 
     settings = Settings.from_env()
-    audit = AuditLog.from_settings(settings, "provisioner")
     log_dir = args.log_dir or settings.home / "logs" / "holders"
+    check_log_dir(log_dir)
+    await check_redis(settings.redis_url)
+    audit = AuditLog.from_settings(settings, "provisioner")
     # With mutual TLS on, each holder gets a certificate and ACLs of its own.
     access = HolderAccess.from_settings(settings)
     redis = Redis.from_url(settings.redis_url)

@@ -266,9 +266,11 @@ class WarmPool:
         async with self._changed:
             self._ready.extend(ready)
             self._changed.notify_all()
+        failures = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        first = f" (first failure: {failures[0]})" if failures else ""
         raise ServiceUnavailable(
-            f"{len(claimed) - len(ready)} of {len(claimed)} new holders sent no heartbeat "
-            f"within {timeout_s:g} s; see the holder logs"
+            f"{len(claimed) - len(ready)} of {len(claimed)} new holders did not become ready "
+            f"within {timeout_s:g} s{first}; see the holder logs"
         )
 
     async def _launch(self, count: int, *, claimed: bool) -> list[_Launch]:
@@ -297,7 +299,9 @@ class WarmPool:
                 status = await self._backend.start(self._spec_for(launch.holder_id))
                 await self._registry.set_state(launch.holder_id, HolderState.WARMING,
                                                pid=status.pid, detail=status.detail)
-            except (ServiceUnavailable, RedisError) as exc:
+            except (ServiceUnavailable, RedisError, OSError) as exc:
+                # An OSError, such as a log folder that cannot be written, fails
+                # this holder only, so the request gets a ProvisionReply with the error.
                 if not launch.heartbeat.done():
                     launch.heartbeat.set_exception(ServiceUnavailable(f"start failed: {exc}"))
             watcher = asyncio.create_task(self._watch(launch), name=f"watch-{launch.holder_id}")

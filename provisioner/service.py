@@ -311,11 +311,7 @@ class Provisioner:
         running = len(self.backend.holder_ids())
         unready = running - self.pool.ready_count
         try:
-            if unready + request.count > self.config.max_holders:
-                raise ServiceUnavailable(
-                    f"{request.count} more holders would exceed the limit of {self.config.max_holders}; "
-                    "retry after operations complete"
-                )
+            self._check_holder_limit(request.count, unready)
             taken = await self.pool.take(request.count)
         except ServiceUnavailable as exc:
             log.warning("provision request %s for %d holders failed: %s", request.request_id, request.count, exc)
@@ -360,6 +356,26 @@ class Provisioner:
             operation_id=request.operation_id, secret_name=request.secret_name,
             secret_version=request.secret_version, detail=request.lifecycle.value, holders=ids,
         ))
+
+    def _check_holder_limit(self, count: int, unready: int) -> None:
+        """Raise ServiceUnavailable when `count` more holders would exceed --max-holders.
+
+        `unready` counts the running holders that are not ready in the warm
+        pool. Pooled holders that keep a stored fragment stay among them until
+        their secret is deleted, so the limit also caps how many secrets are stored.
+        """
+        limit = self.config.max_holders
+        if count > limit:
+            raise ServiceUnavailable(
+                f"{count} holders exceed --max-holders ({limit}), so retrying cannot help; "
+                f"restart the provisioner with --max-holders {count} or more"
+            )
+        if unready + count > limit:
+            raise ServiceUnavailable(
+                f"{count} more holders would exceed --max-holders ({limit}), because {unready} holders are in "
+                "use or starting, counting pooled holders that keep stored fragments. Retry after operations "
+                "complete or secrets are deleted, or restart the provisioner with a larger --max-holders"
+            )
 
     async def teardown_operation(self, operation_id: str) -> None:
         """Tear down the per-operation holders of one operation and refill the pool."""

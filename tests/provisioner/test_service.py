@@ -206,8 +206,22 @@ async def test_malformed_request_dead_lettered(provisioner: RunningProvisioner, 
 
 
 async def test_request_over_limit_fails(provisioner: RunningProvisioner, kafka_bootstrap: str) -> None:
-    with pytest.raises(ServiceUnavailable, match="limit of 8"):
+    with pytest.raises(ServiceUnavailable, match=r"9 holders exceed --max-holders \(8\), so retrying cannot help"):
         await request_holders(kafka_bootstrap, provisioner.topics, 9, "pooled", timeout_s=60)
+
+
+async def test_stored_holders_count_toward_limit(provisioner: RunningProvisioner, kafka_bootstrap: str) -> None:
+    # Pooled holders handed out keep their fragments, and so their place under the limit.
+    assigned = await request_holders(kafka_bootstrap, provisioner.topics, 4, "pooled", timeout_s=60)
+    assert len(assigned) == 4
+
+    with pytest.raises(ServiceUnavailable) as raised:
+        await request_holders(kafka_bootstrap, provisioner.topics, 5, "pooled", timeout_s=60)
+
+    message = str(raised.value)
+    assert "5 more holders would exceed --max-holders (8)" in message
+    assert "pooled holders that keep stored fragments" in message
+    assert "retrying cannot help" not in message
 
 
 async def test_request_without_provisioner_times_out(kafka_bootstrap: str, kafka_admin, topic_prefix: str) -> None:
