@@ -43,6 +43,7 @@ def init_deployment(home: Path, *, kem: str = "x25519") -> list[Path]:
 
     Existing files are kept, so running it twice is harmless.
     """
+    _refuse_partial(home)
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     made = []
@@ -67,6 +68,24 @@ def init_deployment(home: Path, *, kem: str = "x25519") -> list[Path]:
         policy_path.write_text(yaml.safe_dump({"version": POLICY_VERSION, "max_request_age_s": 30, "apps": {}}))
         made.append(policy_path)
     return made
+
+
+#: Keys that nothing can replace: a new master key opens none of the stored
+#: secrets, and a new audit key makes the existing audit records unverifiable.
+_IRREPLACEABLE = ("master.key", "audit.key")
+_DEPLOYMENT_FILES = ("master.key", "reassembler.key", "reassembler.pub", "audit.key", "audit.pub", "policy.yaml")
+
+
+def _refuse_partial(home: Path) -> None:
+    """Raise ConfigError when `home` holds a deployment that lost an irreplaceable key."""
+    present = [name for name in _DEPLOYMENT_FILES if (home / name).exists()]
+    missing = [name for name in _IRREPLACEABLE if name not in present]
+    if present and missing:
+        raise ConfigError(
+            f"{home} holds a deployment ({', '.join(present)}) but {' and '.join(missing)} is missing. "
+            "A new key would not open the secrets or verify the audit records stored with the old one, so "
+            "init creates none: restore the file from your backup, or move the folder away to start over"
+        )
 
 
 def load_reassembler_key(path: Path) -> envelope.EnvelopeKeyPair:

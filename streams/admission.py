@@ -71,7 +71,9 @@ class RequestChecks:
         """Return the Admission of `request`, read at `partition` and `offset`, or raise Denied."""
         app = self.policy.app(request.app_id)
         if app is None:
-            raise Denied(Reason.UNKNOWN_APP, f"app {request.app_id!r} is not in the policy file")
+            raise Denied(Reason.UNKNOWN_APP,
+                         f"app {request.app_id!r} is not in the policy the authorizer loaded at start-up; "
+                         "an app added with 'shardbus app add' since then needs a restart of the authorizer")
         try:
             signing.verify(app.verify_key, request.signing_bytes(), request.signature)
         except IntegrityError:

@@ -101,12 +101,18 @@ class AuthorizerOptions:
                     values[field_name] = float(env[variable])
                 except ValueError:
                     raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected seconds as a number") from None
-                if values[field_name] <= 0:
-                    raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected a positive number of seconds")
+                if not 0 < values[field_name] <= _MAX_OPTION_S:
+                    raise ConfigError(f"{variable}={env[variable]!r} is invalid: expected a positive number of "
+                                      f"seconds up to {_MAX_OPTION_S:g}")
         repair = env.get("SHARDBUS_HOLDER_REPAIR", "on")
         if repair not in ("on", "off"):
             raise ConfigError(f"SHARDBUS_HOLDER_REPAIR={repair!r} is invalid: expected on or off")
         return cls(**values, repair_holders=repair == "on")
+
+
+#: Largest value of the authorizer's time settings: a day. It also turns
+#: away nan and inf, which no comparison with a number accepts.
+_MAX_OPTION_S = 86400.0
 
 
 class Authorizer:

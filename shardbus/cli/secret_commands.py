@@ -61,10 +61,15 @@ def read_secret(args: argparse.Namespace) -> bytearray:
     """Read the secret from --file or stdin, never from the command line."""
     if args.file is not None:
         try:
-            data = bytearray(args.file.read_bytes())
+            # Read one byte past the limit, so a huge file or /dev/zero ends
+            # in the size error below instead of filling the memory.
+            with open(args.file, "rb") as file:
+                data = bytearray(file.read(MAX_SECRET_BYTES + 1))
         except OSError as exc:
             raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from None
     else:
+        if sys.stdin is None:
+            raise ConfigError("stdin is closed; pipe the secret on stdin or give --file")
         if sys.stdin.isatty():
             print("type the secret, then Ctrl-D:", file=sys.stderr)
         data = bytearray(sys.stdin.buffer.read(MAX_SECRET_BYTES + 1))
@@ -134,22 +139,30 @@ async def _rotate(args: argparse.Namespace) -> int:
 
 async def _list(args: argparse.Namespace) -> int:
     unreadable: list[str] = []
-    async with open_store(Settings.from_env()) as store:
+    settings = Settings.from_env()
+    async with open_store(settings) as store:
         records = await store.list(unreadable=unreadable)
-    for tag in unreadable:
-        print(
-            f"shardbus: warning: mapping record {tag} does not open with this master key "
-            "(tampered, or from another deployment); 'shardbus secret delete NAME' removes it",
-            file=sys.stderr,
-        )
-    if not records:
+    if not records and not unreadable:
         print("no secrets stored")
         return 0
-    print(f"{'NAME':32} {'VERSION':>7} {'POLICY':>8}  LIFECYCLE")
+    if records:
+        print(f"{'NAME':32} {'VERSION':>7} {'POLICY':>8}  LIFECYCLE")
     for record in records:
         current = record.current_version()
         policy = f"{current.threshold}-of-{current.fragments}"
         print(f"{record.name:32} {record.current:>7} {policy:>8}  {current.lifecycle}")
+    if unreadable:
+        # Usually the wrong key file or prefix, so the message points there
+        # before it mentions deleting.
+        print(
+            f"shardbus: error: {len(unreadable)} mapping records under prefix {settings.topic_prefix!r} do not "
+            f"open with the master key in {settings.master_key_path} (first: {unreadable[0]}). Check that "
+            "SHARDBUS_HOME and SHARDBUS_TOPIC_PREFIX name the deployment that stored them and that master.key "
+            "is its key. A record altered in Redis never opens; 'shardbus secret delete NAME' removes it "
+            "when you know its name",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

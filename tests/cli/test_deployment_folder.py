@@ -68,3 +68,15 @@ def test_key_file_errors_are_clear(tmp_path):
     (tmp_path / "app.key").write_text("not pem")
     with pytest.raises(ConfigError, match="PEM"):
         deployment.load_signing_key(tmp_path / "app.key")
+
+
+@pytest.mark.parametrize("lost", ["master.key", "audit.key"])
+def test_init_refuses_lost_key(tmp_path, lost):
+    deployment.init_deployment(tmp_path)
+    (tmp_path / lost).unlink()
+
+    with pytest.raises(ConfigError, match=f"{lost} is missing") as caught:
+        deployment.init_deployment(tmp_path)
+
+    assert "restore the file from your backup" in str(caught.value)
+    assert not (tmp_path / lost).exists()

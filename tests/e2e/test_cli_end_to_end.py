@@ -145,8 +145,9 @@ def test_cli_unreadable_record_listed_and_deleted(shardbus_deployment):
         client.close()
 
     listing = _cli(shardbus_deployment, "secret", "list")
-    assert listing.returncode == 0, listing.stderr.decode()
+    assert listing.returncode == 1, listing.stderr.decode()
     assert tag.encode() in listing.stderr
+    assert b"SHARDBUS_TOPIC_PREFIX" in listing.stderr
     delete = _cli(shardbus_deployment, "secret", "delete", "db/tampered")
     assert delete.returncode == 0, delete.stderr.decode()
     assert tag.encode() not in _cli(shardbus_deployment, "secret", "list").stderr
