@@ -24,14 +24,14 @@ async def check_redis(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None
         await redis.ping()
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable(
-            f"cannot reach Redis at {_without_credentials(url)} ({exc or type(exc).__name__}); "
+            f"cannot reach Redis at {without_credentials(url)} ({exc or type(exc).__name__}); "
             "check SHARDBUS_REDIS_URL and that Redis runs"
         ) from None
     finally:
         await redis.aclose()
 
 
-def _without_credentials(url: str) -> str:
+def without_credentials(url: str) -> str:
     """Return `url` without its user, password and query, which may hold a password too."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from aiokafka.errors import KafkaConnectionError
@@ -60,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (RedisConnectionError, KafkaConnectionError) as exc:
         from shardbus.config import Settings
+        from shardbus.redis_health import without_credentials
 
         settings = Settings.from_env()
         print(
             f"shardbus: error: cannot connect ({exc}); check that Kafka at {settings.kafka_bootstrap} "
-            f"and Redis at {settings.redis_url} run ('scripts/stack up' starts both)",
+            f"and Redis at {without_credentials(settings.redis_url)} run ('scripts/stack up' starts both)",
             file=sys.stderr,
         )
         return 3
+    except BrokenPipeError:
+        # The reader of stdout left early, as `| head` does. Python would
+        # report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
 
