@@ -100,6 +100,17 @@ def load_reassembler_public(path: Path) -> envelope.PublicKey:
     return envelope.PublicKey.from_bytes(kem, raw)
 
 
+def app_key_path(home: Path, app_id: str) -> Path:
+    """Return the signing key file of a registered app; raise ConfigError for a bad id or a missing file."""
+    if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id) or set(app_id) == {"."}:
+        raise ConfigError(f"invalid app id {app_id!r}: use 1 to 64 of A-Z a-z 0-9 . _ -, e.g. billing")
+    path = home / "apps" / f"{app_id}.key"
+    if not path.exists():
+        raise ConfigError(f"app {app_id!r} has no signing key at {path}; register it with "
+                          f"'shardbus app add {app_id} --grant PATTERN', check SHARDBUS_HOME, or pass --key")
+    return path
+
+
 def add_app(home: Path, app_id: str, grants: list[str], *, lease_ttl_s: int = 30) -> Path:
     """Register an app in the policy file with a new signing key; return the key file.
 

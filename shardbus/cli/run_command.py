@@ -52,7 +52,7 @@ async def _run(args: argparse.Namespace) -> int:
         raise ConfigError("no command given; put it after --, e.g. -- ./server")
     bindings = parse_bindings(args.secret)
     settings = Settings.from_env()
-    signing_key = deployment.load_signing_key(args.key or settings.home / "apps" / f"{args.app}.key")
+    signing_key = deployment.load_signing_key(args.key or deployment.app_key_path(settings.home, args.app))
 
     async with ShardbusClient(
         settings.kafka_bootstrap, args.app, signing_key, topics=Topics(settings.topic_prefix)

@@ -80,3 +80,15 @@ def test_init_refuses_lost_key(tmp_path, lost):
 
     assert "restore the file from your backup" in str(caught.value)
     assert not (tmp_path / lost).exists()
+
+
+def test_app_key_path_checks_id_and_file(tmp_path):
+    deployment.init_deployment(tmp_path)
+    deployment.add_app(tmp_path, "billing", ["db/*"])
+
+    assert deployment.app_key_path(tmp_path, "billing") == tmp_path / "apps" / "billing.key"
+    for bad in ("../master", "..", "a/b", ""):
+        with pytest.raises(ConfigError, match="invalid app id"):
+            deployment.app_key_path(tmp_path, bad)
+    with pytest.raises(ConfigError, match="shardbus app add nosuchapp"):
+        deployment.app_key_path(tmp_path, "nosuchapp")
