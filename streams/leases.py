@@ -228,12 +228,31 @@ class LeaseBook:
         return [i.decode() for i in ids]
 
 
-def lease_event(kind: EventKind, lease: Lease, at_ms: int, detail: str) -> LifecycleEvent:
-    """Return the LifecycleEvent that announces a lease's end to the provisioner and auditors."""
-    return LifecycleEvent(
-        event=kind, at_ms=at_ms, holder_id="", operation_id=lease.operation_id, secret_name=lease.secret_name,
-        secret_version=lease.secret_version, detail=detail[:2048], holders=lease.holders,
+#: The audit action and outcome of each kind of lease end.
+_END_RECORDS = {
+    EventKind.LEASE_RELEASED: ("lease.released", "released"),
+    EventKind.LEASE_EXPIRED: ("lease.expired", "expired"),
+}
+
+
+async def announce_end(outbox: Outbox, book: LeaseBook, lease: Lease, kind: EventKind, detail: str) -> None:
+    """Write the audit record of a claimed lease end, send its LifecycleEvent, then mark the end announced.
+
+    The record comes before the event, because the event makes the
+    provisioner act.
+    """
+    action, outcome = _END_RECORDS[kind]
+    await outbox.audit(
+        action, operation_id=lease.operation_id, app_id=lease.app_id, secret_name=lease.secret_name,
+        secret_version=lease.secret_version, outcome=outcome, detail=detail,
     )
+    event = LifecycleEvent(
+        event=kind, at_ms=outbox.now_ms(), holder_id="", operation_id=lease.operation_id,
+        secret_name=lease.secret_name, secret_version=lease.secret_version, detail=detail[:2048],
+        holders=lease.holders,
+    )
+    await outbox.send(outbox.topics.lifecycle, event)
+    await book.mark_announced(lease.operation_id)
 
 
 class LeaseExpiry:
@@ -271,11 +290,4 @@ class LeaseExpiry:
             detail += "; announced by a later sweep after an interrupted one"
         log.info("the lease of operation %s on secret %r issued to app %s expired without a release",
                  lease.operation_id, lease.secret_name, lease.app_id)
-        # The record comes before the event that makes the provisioner act.
-        await self._outbox.audit(
-            "lease.expired", operation_id=lease.operation_id, app_id=lease.app_id, secret_name=lease.secret_name,
-            secret_version=lease.secret_version, outcome="expired", detail=detail,
-        )
-        event = lease_event(EventKind.LEASE_EXPIRED, lease, self._outbox.now_ms(), detail)
-        await self._outbox.send(self._outbox.topics.lifecycle, event)
-        await self._book.mark_announced(lease.operation_id)
+        await announce_end(self._outbox, self._book, lease, EventKind.LEASE_EXPIRED, detail)

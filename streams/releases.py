@@ -33,7 +33,7 @@ from shardbus.crypto import signing
 from shardbus.errors import IntegrityError
 from shardbus.policy import Policy
 from streams.handling import InputRecord
-from streams.leases import Claim, Lease, LeaseBook, lease_event
+from streams.leases import Claim, Lease, LeaseBook, announce_end
 from streams.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,7 @@ class Releases:
         detail = f"released by app {release.app_id} at {release.released_at_ms} ms"
         log.info("app %s released the lease of operation %s on secret %r",
                  lease.app_id, lease.operation_id, lease.secret_name)
-        # The record comes before the event that makes the provisioner act.
-        await self._outbox.audit(
-            "lease.released", operation_id=lease.operation_id, app_id=lease.app_id, secret_name=lease.secret_name,
-            secret_version=lease.secret_version, outcome="released", detail=detail,
-        )
-        event = lease_event(EventKind.LEASE_RELEASED, lease, self._outbox.now_ms(), detail)
-        await self._outbox.send(self._outbox.topics.lifecycle, event)
-        await self._leases.mark_announced(lease.operation_id)
+        await announce_end(self._outbox, self._leases, lease, EventKind.LEASE_RELEASED, detail)
 
     async def _ignore(self, lease: Lease, claim: Claim) -> None:
         # claim_release returns only ANNOUNCED or OTHER here, and OTHER means that the lease expired.
