@@ -376,10 +376,9 @@ class MicroVMBackend(HolderBackend):
     async def _end_relays(holder_id: str) -> None:
         """End the guestfwd relays QEMU left behind for `holder_id`.
 
-        The relays exit once QEMU closes their sockets; one that is still
-        connecting to the broker gets SIGTERM, then SIGKILL, and the call
-        returns only when none is left, so a stopped holder leaves no
-        process behind.
+        The relays exit once QEMU closes their sockets. One that is still
+        connecting to the broker gets SIGTERM, then SIGKILL. The call returns
+        only when none is left, so a stopped holder leaves no process behind.
         """
         loop = asyncio.get_running_loop()
         for signum in (None, signal.SIGTERM, signal.SIGKILL):

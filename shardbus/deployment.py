@@ -77,12 +77,12 @@ _DEPLOYMENT_FILES = ("master.key", "reassembler.key", "reassembler.pub", "audit.
 
 
 def _refuse_partial(home: Path) -> None:
-    """Raise ConfigError when `home` holds a deployment that lost an irreplaceable key."""
+    """Raise ConfigError when `home` contains a deployment that lost an irreplaceable key."""
     present = [name for name in _DEPLOYMENT_FILES if (home / name).exists()]
     missing = [name for name in _IRREPLACEABLE if name not in present]
     if present and missing:
         raise ConfigError(
-            f"{home} holds a deployment ({', '.join(present)}) but {' and '.join(missing)} is missing. "
+            f"{home} contains a deployment ({', '.join(present)}) but {' and '.join(missing)} is missing. "
             "A new key would not open the secrets or verify the audit records stored with the old one, so "
             "init creates none: restore the file from your backup, or move the folder away to start over"
         )

@@ -204,10 +204,10 @@ async def kafka_admin(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[
 class AuditWrites:
     """Makes the broker refuse, then accept again, every record written to an audit topic.
 
-    Refusing sets the topic's max.message.bytes below the size of any audit
-    record, so the broker answers each write with MESSAGE_TOO_LARGE: the real
-    broker rejects the record, as it would a write it cannot accept for any
-    other reason, and the writer fails closed at once.
+    Rejecting sets the topic's max.message.bytes below the size of any audit
+    record, so the broker returns MESSAGE_TOO_LARGE for each write. The real
+    broker rejects the record, as it would any write it cannot accept, and
+    the writer fails closed at once.
     """
 
     #: Smaller than any record batch, which has a 61-byte header alone.
@@ -238,7 +238,7 @@ class AuditWrites:
         if limit is not None:
             configs["max.message.bytes"] = limit
         await self.admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
-        # The broker applies the change shortly after it answers.
+        # The broker applies the change shortly after its response.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TOPIC_READY_TIMEOUT
         while await self._limit(topic) != limit:
