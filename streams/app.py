@@ -32,6 +32,10 @@ differ from faust's defaults, for the reasons given beside each one:
 - ``web_enabled=False``: the services expose no HTTP endpoint.
 - ``store="memory://"``: the services keep no faust tables, because their
   state lives in Redis (see the reassembler's module docstring).
+- ``datadir`` in a fresh temporary folder, removed when the app stops or
+  the process exits: faust still creates its data folder, by default
+  ``<app id>-data`` in the working folder, and every test or demo run with
+  its own topic prefix would otherwise leave one behind there.
 
 The services start with ``await app.start()`` inside their own asyncio
 program rather than through ``faust.Worker``, so tests run them as
@@ -44,8 +48,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
+import weakref
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import faust
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -92,8 +100,10 @@ def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
     credentials = {"broker_credentials": options["ssl_context"]} if "ssl_context" in options else {}
     instance = os.environ.get(INSTANCE_ENV, "").strip()
     membership = {"consumer_group_instance_id": f"{app_id}-{instance}"} if instance else {}
-    return faust.App(
+    datadir = Path(tempfile.mkdtemp(prefix="shardbus-faust-"))
+    app = faust.App(
         app_id,
+        datadir=datadir,
         broker=f"kafka://{kafka_bootstrap}",
         **credentials,
         **membership,
@@ -109,6 +119,8 @@ def make_app(app_id: str, kafka_bootstrap: str) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    weakref.finalize(app, shutil.rmtree, datadir, ignore_errors=True)
+    return app
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -163,6 +175,7 @@ async def run_until_stopped(
         try:
             await app.stop()
         finally:
+            shutil.rmtree(app.conf.datadir, ignore_errors=True)
             if on_stop is not None:
                 await on_stop()
         log.info("%s stopped", app.conf.id)
