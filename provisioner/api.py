@@ -50,11 +50,6 @@ class GrantedHolder(NamedTuple):
     kem: str
 
 
-def default_reply_topic(topics: Topics) -> str:
-    """Return the shared reply topic, ``{p}.provisioner.replies``."""
-    return f"{topics.provisioner}.replies"
-
-
 class ProvisionerClient:
     """Sends ProvisionRequests and matches the replies; use it as an async context manager.
 
@@ -73,7 +68,7 @@ class ProvisionerClient:
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
-        self.reply_topic = reply_topic or default_reply_topic(topics)
+        self.reply_topic = reply_topic or topics.provisioner_replies
         self._make_request_id = make_request_id
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None

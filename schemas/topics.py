@@ -14,6 +14,8 @@ deployment can run side by side with its own prefix::
     {p}.acks                 HolderAck                   key: holder id
     {p}.heartbeats           HolderHeartbeat             key: holder id
     {p}.provisioner          ProvisionRequest            key: request id
+    {p}.provisioner.replies  ProvisionReply              key: request id
+    {p}.authorizer.provisioned  ProvisionReply           key: request id
     {p}.audit                AuditRecord                 key: operation id when set
     {p}.deadletter           DeadLetter                  key: source topic and partition
 
@@ -149,6 +151,30 @@ class Topics:
         return f"{self.prefix}.provisioner"
 
     @property
+    def provisioner_replies(self) -> str:
+        """The topic of the provisioner's replies to clients such as ``secret put``."""
+        return f"{self.prefix}.provisioner.replies"
+
+    @property
+    def provisioned(self) -> str:
+        """The topic of the provisioner's replies to the authorizer.
+
+        It is separate from ``provisioner_replies`` so that the authorizer reads
+        only the replies to its own requests.
+        """
+        return f"{self.prefix}.authorizer.provisioned"
+
+    @property
+    def holder_prefix(self) -> str:
+        """The prefix shared by every holder's command topic, for prefixed ACLs."""
+        return f"{self.prefix}.holder."
+
+    @property
+    def replies_prefix(self) -> str:
+        """The prefix shared by every application's reply topic, for prefixed ACLs."""
+        return f"{self.prefix}.replies."
+
+    @property
     def audit(self) -> str:
         return f"{self.prefix}.audit"
 
@@ -158,11 +184,11 @@ class Topics:
 
     def replies(self, app_id: str) -> str:
         """Return the reply topic of one application."""
-        return f"{self.prefix}.replies.{_check_id('app_id', app_id)}"
+        return f"{self.replies_prefix}{_check_id('app_id', app_id)}"
 
     def holder(self, holder_id: str) -> str:
         """Return the command topic of one holder."""
-        return f"{self.prefix}.holder.{_check_id('holder_id', holder_id)}"
+        return f"{self.holder_prefix}{_check_id('holder_id', holder_id)}"
 
     def shared(self) -> tuple[str, ...]:
         """Return the topics that exist once per deployment (not per app or holder)."""
@@ -174,6 +200,8 @@ class Topics:
             self.acks,
             self.heartbeats,
             self.provisioner,
+            self.provisioner_replies,
+            self.provisioned,
             self.audit,
             self.deadletter,
         )

@@ -66,7 +66,7 @@ from shardbus.deployment import load_reassembler_public
 from streams.outbox import AuditWriter, Outbox, SendFn, SendManyFn
 from streams.leases import LeaseBook
 from streams.planning import FetchTarget, Planner
-from streams.provisioning import AUDIT_UNAVAILABLE_DETAIL, HoldersUnavailable, Provisioning, provisioned_topic
+from streams.provisioning import AUDIT_UNAVAILABLE_DETAIL, HoldersUnavailable, Provisioning
 from streams.releases import Releases
 from streams.replies import ReplyLedger
 from streams.topic_check import TopicCheck
@@ -404,7 +404,7 @@ async def serve(
     async def create_topics() -> None:
         bootstrap = settings.kafka_bootstrap
         await ensure_topics(bootstrap, [topics.requests, topics.provisioner, topics.lifecycle,
-                                        topics.deadletter, provisioned_topic(topics.prefix)],
+                                        topics.deadletter, topics.provisioned],
                             partitions=options.partitions)
         # The holder repair waits for acknowledgements there (HolderAcks).
         await ensure_topics(bootstrap, [topics.acks])

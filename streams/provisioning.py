@@ -6,7 +6,7 @@ backup store. For an accepted request the authorizer
 
 1. sends a ProvisionRequest (one holder per fragment, request id = operation
    id, so a request processed twice requests holders only once) with the reply topic
-   ``{p}.authorizer.provisioned``, and stores the accepted request under
+   ``Topics.provisioned``, and stores the accepted request under
    ``{prefix}:pending:{operation_id}``, with its deadline in the sorted set
    ``{prefix}:pending-deadlines``. Nothing stored there is secret;
 2. on the ProvisionReply, loads holder i with the backup of fragment i
@@ -55,11 +55,6 @@ PENDING_FORMAT_VERSION = 1
 DEFAULT_PROVISION_TIMEOUT_S = 10.0
 
 
-def provisioned_topic(prefix: str) -> str:
-    """Return the topic on which the authorizer receives ProvisionReplies."""
-    return f"{prefix}.authorizer.provisioned"
-
-
 class HoldersUnavailable(Denied):
     """Too few holders can serve a request; `holders` names those at fault."""
 
@@ -101,7 +96,7 @@ class Provisioning:
         self._timeout_s = timeout_s
         self._clock = clock
         self._deadlines = f"{prefix}:pending-deadlines"
-        self.reply_topic = provisioned_topic(outbox.topics.prefix)
+        self.reply_topic = outbox.topics.provisioned
 
     def _pending_key(self, operation_id: str) -> str:
         return f"{self._prefix}:pending:{operation_id}"

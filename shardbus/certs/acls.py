@@ -82,17 +82,6 @@ def faust_group(topics: Topics, service: str) -> str:
     return f"{topics.prefix}-{service}"
 
 
-def provisioned_topic(topics: Topics) -> str:
-    # Mirrors streams.provisioning.provisioned_topic, which this module does
-    # not import so that the certs CLI does not load the stream services.
-    return f"{topics.prefix}.authorizer.provisioned"
-
-
-def provisioner_replies_topic(topics: Topics) -> str:
-    # Mirrors provisioner.api.default_reply_topic, for the same reason.
-    return f"{topics.provisioner}.replies"
-
-
 class _Grants:
     def __init__(self, principal: str) -> None:
         self.principal = principal
@@ -140,20 +129,20 @@ def holder_permissions(topics: Topics, holder_id: str) -> tuple[Permission, ...]
 def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
     """Return the ACLs of one service role (see ``principals.SERVICE_ROLES``)."""
     grants = _Grants(principals.service_principal(topics.prefix, role))
-    holder_topics = f"{topics.prefix}.holder."
-    reply_topics = f"{topics.prefix}.replies."
+    holder_topics = topics.holder_prefix
+    reply_topics = topics.replies_prefix
     if role == "authorizer":
-        grants.topics(Operation.READ, topics.requests, provisioned_topic(topics))
+        grants.topics(Operation.READ, topics.requests, topics.provisioned)
         grants.group(faust_group(topics, "authorizer"))
         grants.topics(Operation.WRITE, topics.plans, topics.provisioner, topics.lifecycle, topics.deadletter)
         grants.topic_prefix(Operation.WRITE, holder_topics)
         grants.topic_prefix(Operation.WRITE, reply_topics)
         grants.topics(Operation.CREATE, topics.requests, topics.provisioner, topics.lifecycle, topics.deadletter,
-                      provisioned_topic(topics), topics.plans, topics.fragments)
+                      topics.provisioned, topics.plans, topics.fragments)
         # Holder repair reads the lifecycle topic, asks the provisioner for a
         # replacement holder, loads it and waits for its acknowledgement.
-        grants.topics(Operation.READ, provisioner_replies_topic(topics), topics.lifecycle, topics.acks)
-        grants.topics(Operation.CREATE, provisioner_replies_topic(topics), topics.acks)
+        grants.topics(Operation.READ, topics.provisioner_replies, topics.lifecycle, topics.acks)
+        grants.topics(Operation.CREATE, topics.provisioner_replies, topics.acks)
         grants.topics(Operation.DESCRIBE, topics.fragments)
         grants.topic_prefix(Operation.CREATE, reply_topics)
         grants.audit(topics)
@@ -166,8 +155,8 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
         grants.audit(topics)
     elif role == "provisioner":
         grants.topics(Operation.READ, topics.provisioner, topics.heartbeats, topics.lifecycle)
-        grants.topics(Operation.WRITE, topics.lifecycle, topics.deadletter, provisioned_topic(topics),
-                      provisioner_replies_topic(topics))
+        grants.topics(Operation.WRITE, topics.lifecycle, topics.deadletter, topics.provisioned,
+                      topics.provisioner_replies)
         grants.topics(Operation.CREATE, topics.provisioner, topics.heartbeats, topics.lifecycle, topics.acks,
                       topics.deadletter)
         # The acknowledgement topic is created for the holders, which may not create it.
@@ -181,8 +170,8 @@ def service_permissions(topics: Topics, role: str) -> tuple[Permission, ...]:
     elif role == "controller":
         grants.topics(Operation.WRITE, topics.lifecycle, topics.provisioner)
         grants.topic_prefix(Operation.WRITE, holder_topics)
-        grants.topics(Operation.READ, topics.lifecycle, topics.acks, provisioner_replies_topic(topics))
-        grants.topics(Operation.CREATE, topics.provisioner, provisioner_replies_topic(topics))
+        grants.topics(Operation.READ, topics.lifecycle, topics.acks, topics.provisioner_replies)
+        grants.topics(Operation.CREATE, topics.provisioner, topics.provisioner_replies)
         grants.topic_prefix(Operation.CREATE, reply_topics)
         grants.topic_prefix(Operation.DESCRIBE, reply_topics)
         grants.audit(topics)

@@ -211,7 +211,7 @@ class ShardbusClient:
         self._pending[operation_id] = future
         try:
             await self._producer.send_and_wait(
-                self._topics.requests, codec.encode(request), key=operation_id.encode()
+                self._topics.requests, codec.encode(request), key=Topics.partition_key(request)
             )
             try:
                 reply = await asyncio.wait_for(future, self._timeout_s)
@@ -262,7 +262,7 @@ class ShardbusClient:
                 raise ServiceUnavailable("the client is stopped")
             # The operation id keys it, so it follows its request on the same partition.
             await self._producer.send_and_wait(
-                self._topics.requests, codec.encode(release), key=granted.operation_id.encode()
+                self._topics.requests, codec.encode(release), key=Topics.partition_key(release)
             )
         except Exception as exc:  # noqa: BLE001 - the secret is already wiped; say so and go on.
             log.warning("could not send the release of operation %s; the lease ends at its expiry: %s",

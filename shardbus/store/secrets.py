@@ -265,7 +265,7 @@ class SecretStore:
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **client_options())
         await producer.start()
         try:
-            await producer.send_and_wait(self._topics.lifecycle, codec.encode(event), key=name.encode())
+            await producer.send_and_wait(self._topics.lifecycle, codec.encode(event), key=Topics.partition_key(event))
         finally:
             await producer.stop()
 
@@ -289,7 +289,7 @@ class SecretStore:
             waiting = {c.request_id: c.holder_id for c in commands}
             for command in commands:
                 await producer.send_and_wait(
-                    self._topics.holder(command.holder_id), codec.encode(command), key=command.holder_id.encode()
+                    self._topics.holder(command.holder_id), codec.encode(command), key=Topics.partition_key(command)
                 )
             failed: list[str] = []
             deadline = time.monotonic() + self._ack_timeout_s

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.api import default_reply_topic
 from schemas.topics import Topics
 from shardbus.certs import acls
 from shardbus.certs.acls import Operation, Pattern, Resource
-from streams.provisioning import provisioned_topic
 
 TOPICS = Topics("sb")
 
@@ -112,11 +110,6 @@ def test_holder_topics_written_by_senders_only():
 
     # The authorizer sends fetches and per-operation loads; the CLI stores and destroys fragments.
     assert writers == {"authorizer", "controller"}
-
-
-def test_topic_names_match_services():
-    assert acls.provisioned_topic(TOPICS) == provisioned_topic(TOPICS.prefix)
-    assert acls.provisioner_replies_topic(TOPICS) == default_reply_topic(TOPICS)
 
 
 def test_permission_string_names_everything():

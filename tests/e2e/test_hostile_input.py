@@ -28,7 +28,6 @@ from schemas.audit import DeadLetter
 from schemas.base import MAX_MESSAGE_SIZE
 from schemas.holders import HolderHeartbeat, LifecycleEvent, ProvisionReply, ProvisionRequest
 from schemas.operations import ErrorReply, FragmentResponse, LeaseReply, OperationPlan, OperationRequest, ReleaseRequest
-from streams.provisioning import provisioned_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,7 +69,7 @@ def targets(topics, holders: tuple[str, ...]) -> list[Target]:
     """Return each consumed topic with the types its consumer accepts."""
     return [
         Target(topics.requests, (OperationRequest, ReleaseRequest)),
-        Target(provisioned_topic(topics.prefix), (ProvisionReply,)),
+        Target(topics.provisioned, (ProvisionReply,)),
         Target(topics.plans, (OperationPlan,)),
         Target(topics.fragments, (FragmentResponse,)),
         *(Target(topics.holder(holder_id), COMMAND_TYPES) for holder_id in holders),

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from provisioner.api import default_reply_topic, request_holders
+from provisioner.api import request_holders
 from provisioner_harness import TEST_CONFIG, eventually, start_provisioner
 from schemas import codec
 from schemas.holders import HolderLifecycle, ProvisionRequest
@@ -32,7 +32,7 @@ async def test_request_on_partition_three_answered(
 
         request = ProvisionRequest(
             request_id=uuid.uuid4().hex, count=1, lifecycle=HolderLifecycle.POOLED, operation_id="",
-            secret_name="db/b", secret_version=1, reply_topic=default_reply_topic(topics),
+            secret_name="db/b", secret_version=1, reply_topic=topics.provisioner_replies,
         )
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         await producer.start()

@@ -41,6 +41,8 @@ def test_default_names():
     assert topics.acks == "shardbus.acks"
     assert topics.heartbeats == "shardbus.heartbeats"
     assert topics.provisioner == "shardbus.provisioner"
+    assert topics.provisioner_replies == "shardbus.provisioner.replies"
+    assert topics.provisioned == "shardbus.authorizer.provisioned"
     assert topics.audit == "shardbus.audit"
     assert topics.deadletter == "shardbus.deadletter"
     assert topics.replies("billing") == "shardbus.replies.billing"
@@ -52,7 +54,7 @@ def test_prefix_applies_everywhere():
     for name in topics.shared():
         assert name.startswith("t1a2b3c4d.")
     assert topics.replies("app") == "t1a2b3c4d.replies.app"
-    assert len(set(topics.shared())) == 9
+    assert len(set(topics.shared())) == 11
 
 
 def test_longest_names_are_valid_for_kafka():

@@ -30,7 +30,6 @@ from shardbus.errors import IntegrityError
 from shardbus.kafka import ensure_topics
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable
 from streams import authorizer
-from streams.provisioning import provisioned_topic
 from stream_support import (
     Deployment,
     Producer,
@@ -323,7 +322,7 @@ async def test_per_operation_holders_loaded(env: Env):
     async with readers(bootstrap, topics.provisioner) as (provisioner,):
         (ask,) = await provisioner.wait_for_type(ProvisionRequest, operation_id=request.operation_id)
     assert ask.count == 2
-    assert ask.reply_topic == provisioned_topic(topics.prefix)
+    assert ask.reply_topic == topics.provisioned
 
     reply = ProvisionReply(
         request_id=ask.request_id,
