@@ -6,6 +6,7 @@ import base64
 import json
 import re
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from schema_strategies import messages
@@ -14,8 +15,6 @@ from schemas.base import Message, wire_fields
 from schemas.fields import Text
 from schemas.jsonschema import DRAFT, OUTPUT_DIR, render_all, schema_for, write_all
 from schemas.messages import MESSAGE_TYPES, OperationRequest
-
-jsonschema = pytest.importorskip("jsonschema")
 
 
 def to_json(value: object) -> object:
