@@ -17,6 +17,8 @@ from shardbus.errors import DecodeError
 
 SEALED_FORMAT_VERSION = 1
 MAX_SEALED_PAYLOAD = 4 * 1024 * 1024
+#: Size of a plan context's verify key and secret digest (HMAC-SHA256).
+PLAN_KEY_LENGTH = 32
 
 
 def lease_info(operation_id: str, app_id: str) -> bytes:
@@ -97,6 +99,11 @@ class PlanContext:
             ):
                 raise DecodeError("plan context: commitments must be [index, bytes] pairs")
             commitments[entry[0]] = entry[1]
+        # combine_fragments raises ValueError for a key or digest of another
+        # size, so a bad context stops here as a DecodeError instead.
+        for name in ("verify_key", "digest"):
+            if len(doc[name]) != PLAN_KEY_LENGTH:
+                raise DecodeError(f"plan context: field {name!r} must be {PLAN_KEY_LENGTH} bytes, got {len(doc[name])}")
         return cls(doc["verify_key"], commitments, doc["digest"])
 
 

@@ -37,6 +37,10 @@ MAX_SECRET_VERSION = 2**63 - 1
 #: Maximum secret length, so that every length field fits a signed 64-bit int.
 MAX_SECRET_LENGTH = 2**63 - 1
 
+# A fragment map has 9 fields. The unpacker rejects a map or array of more
+# than this many entries, and a smaller surplus is named as an unknown field.
+_MAX_MAP_ENTRIES = 32
+
 
 def dispersed_length(secret_length: int) -> int:
     """Return the length of the data the krawczyk scheme disperses: nonce || ciphertext."""
@@ -68,6 +72,36 @@ def validate_ids(secret_id: str, secret_version: int) -> None:
     if not 1 <= id_bytes <= MAX_SECRET_ID_BYTES:
         raise ValueError(f"fragment field 'secret_id' must be 1..{MAX_SECRET_ID_BYTES} UTF-8 bytes, got {id_bytes}")
     _check_int("secret_version", secret_version, 0, MAX_SECRET_VERSION)
+
+
+def _unpack(data: bytes) -> object:
+    """Unpack msgpack, raising DecodeError with msgpack's reason for bad input."""
+    try:
+        # The limits reject an oversized id or map inside the unpacker, before
+        # Python allocates it. The payload is bounded only by len(data).
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=False,
+            max_str_len=MAX_SECRET_ID_BYTES,
+            max_map_len=_MAX_MAP_ENTRIES,
+            max_array_len=_MAX_MAP_ENTRIES,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise DecodeError("fragment has trailing bytes after the msgpack map") from None
+    except UnicodeDecodeError:
+        # The exception text quotes the invalid bytes, so it is not repeated.
+        raise DecodeError("fragment has a msgpack str that is not valid UTF-8") from None
+    except msgpack.StackError:
+        raise DecodeError("fragment is not valid msgpack (nesting deeper than the unpacker allows)") from None
+    except msgpack.FormatError:
+        raise DecodeError("fragment is not valid msgpack (a reserved format byte)") from None
+    except (ValueError, msgpack.UnpackException) as error:
+        # msgpack's other messages name a limit ("... exceeds max_str_len") or
+        # a format problem ("incomplete input") and quote no input bytes.
+        raise DecodeError(f"fragment is not valid msgpack ({str(error)[:200]})") from None
 
 
 @dataclass(frozen=True)
@@ -125,11 +159,14 @@ class Fragment:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Fragment:
-        """Decode a fragment, raising DecodeError that names the field at fault."""
-        try:
-            document = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=False)
-        except (ValueError, msgpack.UnpackException) as error:
-            raise DecodeError(f"fragment is not valid msgpack: {type(error).__name__}") from None
+        """Decode a fragment, raising DecodeError that names the field at fault.
+
+        Raises TypeError when `data` is not bytes, bytearray or memoryview.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Fragment.from_bytes expects bytes, got {type(data).__name__}")
+        data = bytes(data)
+        document = _unpack(data)
         if not isinstance(document, dict):
             raise DecodeError(f"fragment must be a msgpack map, got {type(document).__name__}")
 
@@ -153,6 +190,6 @@ class Fragment:
             raise DecodeError(str(error)) from None
         # Commitments are computed over the canonical encoding, so only that
         # encoding is accepted and a second spelling of the same fragment is not.
-        if fragment.to_bytes() != bytes(data):
+        if fragment.to_bytes() != data:
             raise DecodeError("fragment is not in canonical encoding (field order or integer width differ)")
         return fragment

@@ -26,7 +26,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,9 +38,11 @@ from shardbus.sharing.fragment import (
     DATA_KEY_LENGTH,
     NONCE_LENGTH,
     SCHEME_KRAWCZYK,
+    MAX_SECRET_LENGTH,
     SCHEME_SHAMIR,
     Fragment,
     dispersed_length,
+    payload_length,
     validate_ids,
 )
 
@@ -91,6 +93,21 @@ class Policy:
         """Return the scheme used for a secret of `secret_length` bytes."""
         return SCHEME_SHAMIR if secret_length <= self.direct_limit else SCHEME_KRAWCZYK
 
+    def fragment_size(self, secret_length: int) -> int:
+        """Return the payload size in bytes of each fragment of a `secret_length`-byte secret.
+
+        Under the shamir scheme a fragment is as large as the secret. Under
+        the krawczyk scheme it is a 32-byte key share plus
+        ceil((secret_length + 28) / threshold) bytes of nonce and ciphertext.
+        `Fragment.to_bytes` adds the other fields to this: 108 to 133 bytes
+        plus the secret id's UTF-8 bytes.
+        """
+        if not isinstance(secret_length, int) or isinstance(secret_length, bool):
+            raise TypeError(f"secret_length must be an int, got {type(secret_length).__name__}")
+        if not 1 <= secret_length <= MAX_SECRET_LENGTH:
+            raise ValueError(f"secret_length must be in 1..{MAX_SECRET_LENGTH}, got {secret_length}")
+        return payload_length(self.scheme_for(secret_length), secret_length, self.threshold)
+
 
 @dataclass(frozen=True)
 class FragmentSet:
@@ -111,9 +128,28 @@ class FragmentSet:
         )
 
 
+def _check_verify_key(verify_key: object) -> None:
+    if not isinstance(verify_key, (bytes, bytearray)):
+        raise TypeError(f"verify_key must be bytes (from MasterKey.verify_key), got {type(verify_key).__name__}")
+    if len(verify_key) != 32:
+        raise ValueError(f"verify_key must be 32 bytes (from MasterKey.verify_key), got {len(verify_key)}")
+
+
+def _check_fragment(name: str, fragment: object) -> None:
+    if not isinstance(fragment, Fragment):
+        raise TypeError(
+            f"{name} must be a Fragment, got {type(fragment).__name__}; "
+            "decode fragment bytes with Fragment.from_bytes"
+        )
+
+
+def _check_commitment(name: str, commitment: object) -> None:
+    if not isinstance(commitment, (bytes, bytearray)):
+        raise TypeError(f"{name} must be bytes (from FragmentSet.commitments), got {type(commitment).__name__}")
+
+
 def _mac(verify_key: bytes, label: str, data: bytes) -> bytes:
-    if not isinstance(verify_key, bytes) or len(verify_key) != 32:
-        raise ValueError("verify_key must be 32 bytes (from MasterKey.verify_key)")
+    _check_verify_key(verify_key)
     return hmac.new(verify_key, encode_fields(label, data), hashlib.sha256).digest()
 
 
@@ -131,8 +167,12 @@ def verify_fragment(fragment: Fragment, commitment: bytes | None, *, verify_key:
     """Raise FragmentCorrupted(fragment.index) unless `commitment` matches the fragment.
 
     A missing commitment (None) counts as a mismatch. The comparison runs in
-    constant time.
+    constant time. Raises TypeError when `fragment` is not a Fragment or
+    `commitment` is neither bytes nor None.
     """
+    _check_fragment("fragment", fragment)
+    if commitment is not None:
+        _check_commitment("commitment", commitment)
     expected = commit_fragment(fragment, verify_key)
     if commitment is None or not hmac.compare_digest(expected, bytes(commitment)):
         raise FragmentCorrupted(fragment.index)
@@ -218,6 +258,41 @@ def _select_valid(
     return list(valid.values()), corrupted
 
 
+def _check_combine_arguments(
+    fragments: object,
+    commitments: object,
+    digest: object,
+    secret_id: object,
+    secret_version: object,
+) -> list[Fragment]:
+    """Return the fragments as a list, raising TypeError or ValueError for a caller's mistake."""
+    if isinstance(fragments, (str, bytes, bytearray, memoryview)) or not isinstance(fragments, Iterable):
+        raise TypeError(f"fragments must be a sequence of Fragment, got {type(fragments).__name__}")
+    items = list(fragments)
+    for position, fragment in enumerate(items):
+        _check_fragment(f"fragments[{position}]", fragment)
+
+    if not isinstance(commitments, Mapping):
+        raise TypeError(
+            "commitments must be a mapping of fragment index to commitment bytes "
+            f"(FragmentSet.commitments), got {type(commitments).__name__}"
+        )
+    for index, commitment in commitments.items():
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"commitments keys must be fragment indexes (int), got {type(index).__name__}")
+        _check_commitment(f"commitments[{index}]", commitment)
+
+    if not isinstance(digest, (bytes, bytearray)):
+        raise TypeError(f"digest must be bytes (from FragmentSet.digest), got {type(digest).__name__}")
+    if len(digest) != MAC_LENGTH:
+        raise ValueError(f"digest must be {MAC_LENGTH} bytes (from FragmentSet.digest), got {len(digest)}")
+    if secret_id is not None and not isinstance(secret_id, str):
+        raise TypeError(f"secret_id must be a str or None, got {type(secret_id).__name__}")
+    if secret_version is not None and (not isinstance(secret_version, int) or isinstance(secret_version, bool)):
+        raise TypeError(f"secret_version must be an int or None, got {type(secret_version).__name__}")
+    return items
+
+
 def _check_same_secret(
     fragments: Sequence[Fragment],
     threshold: int,
@@ -270,11 +345,15 @@ def combine_fragments(
             versions or thresholds (or not those of `secret_id` and
             `secret_version` when given).
         IntegrityError: the combined secret does not match `digest`.
+        TypeError, ValueError: an argument has the wrong type or size, such
+            as an item of `fragments` that is not a Fragment.
     """
     if not isinstance(threshold, int) or isinstance(threshold, bool):
         raise TypeError(f"threshold must be an int, got {type(threshold).__name__}")
     if not 2 <= threshold <= shamir.MAX_SHARES:
         raise ValueError(f"threshold must be in 2..{shamir.MAX_SHARES}, got {threshold}")
+    _check_verify_key(verify_key)
+    fragments = _check_combine_arguments(fragments, commitments, digest, secret_id, secret_version)
     valid, corrupted = _select_valid(fragments, verify_key, commitments)
     if len(valid) < threshold:
         if corrupted:

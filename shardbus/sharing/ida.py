@@ -135,6 +135,7 @@ def recover(pieces: Sequence[Piece], threshold: int, length: int) -> bytes:
     Every piece is validated; the first `threshold` are used. A wrong piece
     yields wrong data without an error: IDA carries no integrity
     protection, so callers authenticate the result (AES-GCM does here).
+    Raises TypeError when `pieces` is not a sequence of Piece.
     """
     if not isinstance(threshold, int) or isinstance(threshold, bool):
         raise TypeError(f"threshold must be an int, got {type(threshold).__name__}")
@@ -142,6 +143,11 @@ def recover(pieces: Sequence[Piece], threshold: int, length: int) -> bytes:
         raise ValueError(f"threshold must be in 1..{MAX_PIECES}, got {threshold}")
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ValueError(f"length must be a non-negative int, got {length!r}")
+    if isinstance(pieces, (str, bytes, bytearray)) or not isinstance(pieces, Sequence):
+        raise TypeError(f"pieces must be a sequence of Piece, got {type(pieces).__name__}")
+    for position, piece in enumerate(pieces):
+        if not isinstance(piece, Piece):
+            raise TypeError(f"pieces[{position}] must be a Piece, got {type(piece).__name__}")
     if len(pieces) < threshold:
         raise CombineError(
             f"need at least {threshold} pieces to recover the data, got {len(pieces)}; "

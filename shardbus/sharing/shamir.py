@@ -101,8 +101,14 @@ def validate_shares(shares: Sequence[Share], threshold: int) -> None:
     """Raise CombineError unless `shares` can be combined at `threshold`.
 
     Checks, in order: at least `threshold` shares, every x in 1..255, no
-    duplicate x, and every y of the same non-zero length.
+    duplicate x, and every y of the same non-zero length. Raises TypeError
+    when `shares` is not a sequence of Share.
     """
+    if isinstance(shares, (str, bytes, bytearray)) or not isinstance(shares, Sequence):
+        raise TypeError(f"shares must be a sequence of Share, got {type(shares).__name__}")
+    for position, share in enumerate(shares):
+        if not isinstance(share, Share):
+            raise TypeError(f"shares[{position}] must be a Share, got {type(share).__name__}")
     if len(shares) < threshold:
         raise CombineError(
             f"need at least {threshold} shares to combine, got {len(shares)}; "

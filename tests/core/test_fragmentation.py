@@ -25,6 +25,8 @@ VERIFY_KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 MARKER = b"MARKER-SECRET-"
 
+POLICIES = [(k, n) for n in range(2, 8) for k in range(2, n + 1)]
+
 
 def make_secret(length: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(length)
@@ -64,6 +66,20 @@ def test_both_schemes_every_subset(length, scheme):
         assert combine(list(subset), fragment_set) == secret
 
 
+@pytest.mark.parametrize("direct_limit", [1024, 0], ids=["shamir", "krawczyk"])
+@pytest.mark.parametrize(("threshold", "count"), POLICIES)
+def test_every_k_subset_combines(threshold, count, direct_limit):
+    secret = make_secret(37, seed=threshold * 10 + count)
+    policy = Policy(count, threshold, direct_limit)
+    fragment_set = split(secret, policy, randbytes=random.Random(count * 10 + threshold).randbytes)
+    assert fragment_set.fragments[0].scheme == policy.scheme_for(len(secret))
+    assert [fragment.index for fragment in fragment_set.fragments] == list(range(1, count + 1))
+    for subset in itertools.combinations(fragment_set.fragments, threshold):
+        indexes = [fragment.index for fragment in subset]
+        assert combine(list(subset), fragment_set, threshold=threshold) == secret, indexes
+        assert combine(list(reversed(subset)), fragment_set, threshold=threshold) == secret, indexes[::-1]
+
+
 def test_direct_limit_zero_always_disperses():
     fragment_set = split(b"x", Policy(3, 2, direct_limit=0))
     assert fragment_set.fragments[0].scheme == "krawczyk"
@@ -76,6 +92,42 @@ def test_krawczyk_fragments_are_about_len_over_k():
         fragment_set = split(secret, Policy(fragments, threshold))
         expected = 32 + -(-(90_000 + 12 + 16) // threshold)
         assert {len(fragment.payload) for fragment in fragment_set.fragments} == {expected}
+
+
+@pytest.mark.parametrize("length", [1, 31, 1024, 1025, 4097, 90_000])
+@pytest.mark.parametrize(("count", "threshold"), [(2, 2), (5, 3), (9, 5)])
+def test_policy_fragment_size_matches_split(length, count, threshold):
+    for direct_limit in (0, 1024):
+        policy = Policy(count, threshold, direct_limit)
+        fragment_set = split(make_secret(length), policy)
+        assert {fragment.scheme for fragment in fragment_set.fragments} == {policy.scheme_for(length)}
+        sizes = {len(fragment.payload) for fragment in fragment_set.fragments}
+        assert sizes == {policy.fragment_size(length)}, (direct_limit, sizes)
+
+
+def test_policy_fragment_size_per_scheme():
+    policy = Policy(5, 3, direct_limit=100)
+    assert policy.fragment_size(1) == 1
+    assert policy.fragment_size(100) == 100
+    # 32-byte key share plus ceil((101 + 12 + 16) / 3) bytes of nonce and ciphertext.
+    assert policy.fragment_size(101) == 32 + 43
+    assert policy.fragment_size(1_000_000) == 32 + 333_343
+
+
+@pytest.mark.parametrize(
+    ("length", "error", "message"),
+    [
+        (0, ValueError, "secret_length must be in 1..9223372036854775807, got 0"),
+        (-5, ValueError, r"secret_length must be in 1\.\.\d+, got -5"),
+        (2**63, ValueError, r"secret_length must be in 1\.\.\d+, got 9223372036854775808"),
+        (True, TypeError, "secret_length must be an int, got bool"),
+        (32.0, TypeError, "secret_length must be an int, got float"),
+        (b"secret", TypeError, "secret_length must be an int, got bytes"),
+    ],
+)
+def test_policy_fragment_size_rejects_invalid(length, error, message):
+    with pytest.raises(error, match=message):
+        Policy(5, 3).fragment_size(length)
 
 
 def test_policy_redundancy_and_scheme():
@@ -225,6 +277,87 @@ def test_threshold_argument_validated():
         combine(fragment_set.fragments, fragment_set, threshold=1)
 
 
+def combine_with(fragment_set, **overrides):
+    arguments = {
+        "fragments": fragment_set.fragments,
+        "threshold": 3,
+        "verify_key": VERIFY_KEY,
+        "commitments": fragment_set.commitments,
+        "digest": fragment_set.digest,
+    }
+    arguments.update(overrides)
+    return combine_fragments(arguments.pop("fragments"), **arguments)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"fragments": None}, TypeError, "fragments must be a sequence of Fragment, got NoneType"),
+        ({"fragments": b"fragment bytes"}, TypeError, "fragments must be a sequence of Fragment, got bytes"),
+        ({"commitments": None}, TypeError, r"commitments must be a mapping .*, got NoneType"),
+        ({"commitments": [b"\x00" * 32] * 5}, TypeError, r"commitments must be a mapping .*, got list"),
+        ({"commitments": {"1": b"\x00" * 32}}, TypeError, r"commitments keys must be fragment indexes \(int\), got str"),
+        ({"commitments": {1: "abc"}}, TypeError, r"commitments\[1\] must be bytes .*, got str"),
+        ({"commitments": {1: None}}, TypeError, r"commitments\[1\] must be bytes .*, got NoneType"),
+        ({"digest": None}, TypeError, r"digest must be bytes .*, got NoneType"),
+        ({"digest": "ab" * 16}, TypeError, r"digest must be bytes .*, got str"),
+        ({"digest": bytes(31)}, ValueError, r"digest must be 32 bytes .*, got 31"),
+        ({"verify_key": None}, TypeError, r"verify_key must be bytes .*, got NoneType"),
+        ({"verify_key": bytes(16)}, ValueError, r"verify_key must be 32 bytes .*, got 16"),
+        ({"secret_id": 7}, TypeError, "secret_id must be a str or None, got int"),
+        ({"secret_version": "1"}, TypeError, "secret_version must be an int or None, got str"),
+    ],
+)
+def test_combine_rejects_wrong_argument_types(overrides, error, message):
+    fragment_set = split(make_secret(40))
+    with pytest.raises(error, match=message):
+        combine_with(fragment_set, **overrides)
+
+
+def test_combine_rejects_single_fragment_for_sequence():
+    fragment_set = split(make_secret(40))
+    with pytest.raises(TypeError, match="fragments must be a sequence of Fragment, got Fragment"):
+        combine_with(fragment_set, fragments=fragment_set.fragments[0])
+
+
+@pytest.mark.parametrize(
+    ("replacement", "kind"),
+    [
+        (lambda fragment: fragment.to_bytes(), "bytes"),
+        (lambda fragment: (fragment.index, fragment.payload), "tuple"),
+        (lambda fragment: None, "NoneType"),
+    ],
+)
+def test_combine_rejects_non_fragment_item(replacement, kind):
+    fragment_set = split(make_secret(40))
+    fragments = list(fragment_set.fragments)
+    fragments[2] = replacement(fragments[2])
+    with pytest.raises(TypeError, match=rf"fragments\[2\] must be a Fragment, got {kind}; decode fragment bytes"):
+        combine_with(fragment_set, fragments=fragments)
+
+
+def test_combine_accepts_iterator_and_bytearray():
+    secret = make_secret(40)
+    fragment_set = split(secret)
+    assert combine_with(
+        fragment_set,
+        fragments=iter(fragment_set.fragments),
+        verify_key=bytearray(VERIFY_KEY),
+        digest=bytearray(fragment_set.digest),
+    ) == secret
+
+
+def test_verify_fragment_rejects_wrong_types():
+    fragment_set = split(make_secret(40))
+    fragment = fragment_set.fragments[0]
+    with pytest.raises(TypeError, match="fragment must be a Fragment, got bytes"):
+        verify_fragment(fragment.to_bytes(), fragment_set.commitments[1], verify_key=VERIFY_KEY)
+    with pytest.raises(TypeError, match=r"commitment must be bytes .*, got str"):
+        verify_fragment(fragment, "commitment", verify_key=VERIFY_KEY)
+    with pytest.raises(TypeError, match=r"verify_key must be bytes .*, got str"):
+        verify_fragment(fragment, fragment_set.commitments[1], verify_key="key")
+
+
 def encode(document: dict) -> bytes:
     return msgpack.packb(document, use_bin_type=True)
 
@@ -261,21 +394,47 @@ def test_decoding_rejects_bad_fields(change, message):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"", "not valid msgpack"),
-        (b"\xc1", "not valid msgpack"),
+        (b"", r"not valid msgpack \(.*incomplete input\)"),
+        (b"\xc1", r"not valid msgpack \(a reserved format byte\)"),
         (msgpack.packb([1, 2]), "must be a msgpack map, got tuple"),
-        (msgpack.packb({1: 2}), "not valid msgpack"),
+        (msgpack.packb({1: 2}), r"not valid msgpack \(int is not allowed for map key"),
+        (msgpack.packb({"k" * 300: 1}), r"not valid msgpack \(300 exceeds max_str_len\(256\)\)"),
+        (msgpack.packb({str(i): i for i in range(40)}), r"not valid msgpack \(40 exceeds max_map_len\(32\)\)"),
+        (msgpack.packb(list(range(40))), r"not valid msgpack \(40 exceeds max_array_len\(32\)\)"),
+        (b"\xd4\x01\x00", r"not valid msgpack \(.*exceeds max_ext_len\(0\)\)"),
+        (b"\x81\xa1k\xa2\xff\xfe", "a msgpack str that is not valid UTF-8"),
     ],
+    ids=["empty", "reserved-byte", "array", "int-key", "long-str", "big-map", "big-array", "ext", "bad-utf8"],
 )
 def test_decoding_rejects_malformed_input(data, message):
     with pytest.raises(DecodeError, match=message):
         Fragment.from_bytes(data)
 
 
+def test_decoding_names_truncation():
+    encoded = split(b"0123456789").fragments[0].to_bytes()
+    for end in (1, len(encoded) // 2, len(encoded) - 1):
+        with pytest.raises(DecodeError, match=r"fragment is not valid msgpack \(.*incomplete input\)"):
+            Fragment.from_bytes(encoded[:end])
+
+
 def test_decoding_rejects_trailing_bytes():
     fragment = split(b"0123456789").fragments[0]
-    with pytest.raises(DecodeError, match="not valid msgpack: ExtraData"):
+    with pytest.raises(DecodeError, match="fragment has trailing bytes after the msgpack map"):
         Fragment.from_bytes(fragment.to_bytes() + b"\x00")
+
+
+def test_decoding_accepts_bytes_like():
+    fragment = split(b"0123456789").fragments[0]
+    encoded = fragment.to_bytes()
+    assert Fragment.from_bytes(bytearray(encoded)) == fragment
+    assert Fragment.from_bytes(memoryview(encoded)) == fragment
+
+
+@pytest.mark.parametrize(("data", "kind"), [("text", "str"), (None, "NoneType"), ([1, 2], "list")])
+def test_decoding_rejects_non_bytes(data, kind):
+    with pytest.raises(TypeError, match=f"Fragment.from_bytes expects bytes, got {kind}"):
+        Fragment.from_bytes(data)
 
 
 def test_decoding_rejects_non_canonical_order():

@@ -75,6 +75,18 @@ def test_out_of_range_x_rejected(x):
         ida.recover([Piece(x, pieces[0].data), pieces[1]], 2, 4)
 
 
+def test_tuple_instead_of_piece_rejected():
+    pieces = ida.disperse(b"data", 2, 3)
+    with pytest.raises(TypeError, match=r"pieces\[0\] must be a Piece, got tuple"):
+        ida.recover([(1, pieces[0].data), pieces[1]], 2, 4)
+
+
+@pytest.mark.parametrize(("pieces", "kind"), [(None, "NoneType"), (b"ab", "bytes")])
+def test_non_sequence_pieces_rejected(pieces, kind):
+    with pytest.raises(TypeError, match=f"pieces must be a sequence of Piece, got {kind}"):
+        ida.recover(pieces, 2, 4)
+
+
 def test_wrong_piece_length_rejected():
     pieces = ida.disperse(b"data", 2, 3)
     with pytest.raises(CombineError, match="piece 1 must be 2 bytes for 4 bytes of data at threshold 2, got 3"):

@@ -122,6 +122,18 @@ def test_non_bytes_share_rejected():
         shamir.combine([Share(1, "ab"), Share(2, "cd")], 2)
 
 
+def test_tuple_instead_of_share_rejected():
+    shares = shamir.split(b"secret", 2, 3)
+    with pytest.raises(TypeError, match=r"shares\[1\] must be a Share, got tuple"):
+        shamir.combine([shares[0], (shares[1].x, shares[1].y)], 2)
+
+
+@pytest.mark.parametrize(("shares", "kind"), [(None, "NoneType"), (b"ab", "bytes"), ({1: b"a", 2: b"b"}, "dict")])
+def test_non_sequence_shares_rejected(shares, kind):
+    with pytest.raises(TypeError, match=f"shares must be a sequence of Share, got {kind}"):
+        shamir.combine(shares, 2)
+
+
 @pytest.mark.parametrize(
     ("threshold", "count", "error", "message"),
     [

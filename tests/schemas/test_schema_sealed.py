@@ -62,3 +62,11 @@ def test_plan_context_rejects_bad_commitments():
     data = msgpack.packb({"v": 1, "verify_key": b"k", "commitments": [[1]], "digest": b"d"})
     with pytest.raises(DecodeError, match="pairs"):
         PlanContext.from_bytes(data)
+
+
+@pytest.mark.parametrize("field", ["verify_key", "digest"])
+def test_plan_context_rejects_wrong_key_sizes(field):
+    document = {"v": 1, "verify_key": b"k" * 32, "commitments": [[1, b"c" * 32]], "digest": b"d" * 32}
+    document[field] = document[field][:31]
+    with pytest.raises(DecodeError, match=f"plan context: field '{field}' must be 32 bytes, got 31"):
+        PlanContext.from_bytes(msgpack.packb(document))
