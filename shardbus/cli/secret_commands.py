@@ -17,7 +17,7 @@ from shardbus.crypto.wipe import wipe
 from shardbus.errors import ConfigError
 from shardbus.sharing.fragmentation import Policy
 from shardbus.store.mapping import LIFECYCLES, MappingTable
-from shardbus.store.secrets import SecretStore
+from shardbus.store.secrets import SecretStore, StoredVersion
 
 #: Larger secrets are refused: shardbus is for keys and passwords, not files,
 #: and a lease must fit in one Kafka record under the default 1 MB limit.
@@ -175,10 +175,10 @@ async def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stored(verb: str, stored) -> None:
+def _print_stored(verb: str, stored: StoredVersion) -> None:
     print(
         f"{verb} {stored.name} version {stored.version}: {stored.threshold}-of-{stored.fragments}, "
-        f"{stored.lifecycle}"
+        f"{stored.fragment_size} bytes per fragment, {stored.lifecycle}"
     )
     if stored.holders:
         print(f"holders: {', '.join(stored.holders)}")

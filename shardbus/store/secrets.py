@@ -67,6 +67,8 @@ class StoredVersion:
     threshold: int
     lifecycle: str
     holders: tuple[str, ...]
+    #: Payload bytes of each fragment, as `Policy.fragment_size` names it.
+    fragment_size: int
 
 
 class SecretStore:
@@ -231,6 +233,7 @@ class SecretStore:
         return StoredVersion(
             name=name, version=version, fragments=policy.fragments, threshold=policy.threshold,
             lifecycle=lifecycle, holders=tuple(p.holder_id for p in placements),
+            fragment_size=policy.fragment_size(len(secret)),
         )
 
     async def _destroy_version(self, name: str, version: VersionRecord) -> list[str]:

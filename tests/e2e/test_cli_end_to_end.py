@@ -37,7 +37,7 @@ def test_cli_put_list_run_rotate_delete(shardbus_deployment):
 
     put = _cli(shardbus_deployment, "secret", "put", "db/cli", "--fragments", "4", "--threshold", "2", stdin=first)
     assert put.returncode == 0, put.stderr.decode()
-    assert b"stored db/cli version 1: 2-of-4" in put.stdout
+    assert b"stored db/cli version 1: 2-of-4, 32 bytes per fragment, pooled" in put.stdout
 
     listing = _cli(shardbus_deployment, "secret", "list")
     assert listing.returncode == 0, listing.stderr.decode()
