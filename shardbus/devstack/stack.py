@@ -101,7 +101,7 @@ def up(
         missing = [s for s in [*kafka_services, redis] if processes.find_running(s.pid_file, s.markers) is None]
         kafka_missing = [s for s in missing if s.node is not None]
         java = check_java(environ) if kafka_missing else ""
-        redis_binary = redis_server.find_redis_server(environ) if redis in missing else ""
+        redis_binary = redis_server.find_or_install_redis_server(environ, log) if redis in missing else ""
         _check_ports_free(config, missing)
 
         if config.tls is not None and missing:
