@@ -8,7 +8,8 @@ same).
     config      settings read from SHARDBUS_* variables
     fetch       finds Java and downloads the Kafka jars with Maven, once
     kafka       server.properties, storage formatting, broker command line
-    redis_server  Redis command line
+    redis_server  installs redis-server when it is missing, Redis command line
+    apt         apt-get as root or through sudo -n (also scripts/lib/apt-install)
     processes   pid files, command-line checks, start and stop
     probes      Kafka Metadata and Redis PING over a plain socket
     stack       up, down, status

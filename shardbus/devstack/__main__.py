@@ -20,6 +20,7 @@ environment:
   SHARDBUS_KAFKA_CLUSTER_PORTS  broker ports of the 3 cluster nodes, each controller
                                 on port + 1 (default 19192,19292,19392)
   SHARDBUS_REDIS_PORT           Redis port (default 16379)
+  SHARDBUS_KAFKA_FORMAT_TIMEOUT  seconds that formatting a node's storage may take (default 120)
   SHARDBUS_KAFKA_START_TIMEOUT  seconds to wait for Kafka (default 60, cluster 120)
   SHARDBUS_REDIS_START_TIMEOUT  seconds to wait for Redis (default 10)
   SHARDBUS_STACK_STOP_TIMEOUT   seconds between SIGTERM and SIGKILL on down (default 30)

@@ -84,6 +84,8 @@ class StackConfig:
     cluster_timeout: float
     redis_timeout: float
     stop_timeout: float
+    #: Seconds that formatting one node's KRaft storage may take.
+    format_timeout: float = 120.0
     #: Set for the TLS stack, None for the plaintext one.
     tls: TlsSettings | None = None
 
@@ -204,6 +206,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, tls: bool = False) 
         cluster_timeout=_seconds(env, "SHARDBUS_KAFKA_START_TIMEOUT", 120.0),
         redis_timeout=_seconds(env, "SHARDBUS_REDIS_START_TIMEOUT", 10.0),
         stop_timeout=_seconds(env, "SHARDBUS_STACK_STOP_TIMEOUT", 30.0),
+        format_timeout=_seconds(env, "SHARDBUS_KAFKA_FORMAT_TIMEOUT", 120.0),
         tls=tls_settings,
     )
     _check_distinct_ports(config)

@@ -17,6 +17,7 @@ from pathlib import Path
 from shardbus.devstack import tls
 from shardbus.devstack.config import KafkaNode, StackConfig
 from shardbus.devstack.errors import StackError
+from shardbus.devstack.processes import file_size, tail
 
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
@@ -159,14 +160,32 @@ def format_storage(config: StackConfig, node: KafkaNode, cluster: bool, java: st
         str(properties_file(config, node)),
         "--ignore-formatted",
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False
-    )
+    # The storage tool logs through the node's log4j configuration, and its
+    # own output goes to the same log file, so every failure points at one file.
+    log = log_file(config, node)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    offset = file_size(log)
+    try:
+        with open(log, "ab") as output:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=config.format_timeout,
+                check=False,
+            )
+    except subprocess.TimeoutExpired:
+        # subprocess.run has killed the storage tool by now.
+        raise StackError(
+            f"formatting the KRaft storage of {node.name} in {node_dir(config, node) / 'data'} timed out "
+            f"after {config.format_timeout:g} s (raise SHARDBUS_KAFKA_FORMAT_TIMEOUT if it is only slow); "
+            f"last lines of {log}:\n{tail(log, 30, offset)}"
+        ) from None
     if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip()
         raise StackError(
             f"formatting the KRaft storage of {node.name} in {node_dir(config, node) / 'data'} "
-            f"failed (exit status {result.returncode}):\n{output}"
+            f"failed (exit status {result.returncode}); last lines of {log}:\n{tail(log, 30, offset)}"
         )
 
 

@@ -1,28 +1,53 @@
-"""Command line and file locations of the stack's Redis server."""
+"""Installation, command line and file locations of the stack's Redis server."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from shardbus.devstack import tls
+from shardbus.devstack import apt, tls
 from shardbus.devstack.config import StackConfig
 from shardbus.devstack.errors import StackError
 
 NAME = "redis"
+#: The Debian package that provides redis-server.
+PACKAGE = "redis-server"
 
 
-def find_redis_server(environ: Mapping[str, str] | None = None) -> str:
+def find_or_install_redis_server(
+    environ: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = print,
+    euid: int | None = None,
+) -> str:
+    """Return the redis-server on PATH, installing Debian's package first when it is missing.
+
+    apt-get runs directly as root and through `sudo -n` otherwise. Raises
+    StackError naming the command to run by hand when neither works or the
+    install fails.
+    """
     env = os.environ if environ is None else environ
-    found = shutil.which("redis-server", path=env.get("PATH", os.defpath))
+    found = _which_redis_server(env)
+    if found is not None:
+        return found
+    log(f"redis-server was not found on PATH; installing Debian's {PACKAGE} package")
+    try:
+        apt.install([PACKAGE], env, log, euid)
+    except StackError as error:
+        raise StackError(f"redis-server was not found on PATH, and installing it failed: {error}") from None
+    found = _which_redis_server(env)
     if found is None:
         raise StackError(
-            "redis-server was not found on PATH: install it "
-            "(Debian: apt-get install redis-server; .ci/run does this on a fresh machine)"
+            f"apt-get installed {PACKAGE}, but redis-server is still not on PATH ({env.get('PATH', '')}); "
+            "add the folder that contains it (on Debian /usr/bin) to PATH"
         )
+    log(f"installed {found}")
     return found
+
+
+def _which_redis_server(env: Mapping[str, str]) -> str | None:
+    return shutil.which("redis-server", path=env.get("PATH", os.defpath))
 
 
 def log_file(config: StackConfig) -> Path:

@@ -101,7 +101,7 @@ def up(
         missing = [s for s in [*kafka_services, redis] if processes.find_running(s.pid_file, s.markers) is None]
         kafka_missing = [s for s in missing if s.node is not None]
         java = check_java(environ) if kafka_missing else ""
-        redis_binary = redis_server.find_redis_server(environ) if redis in missing else ""
+        redis_binary = redis_server.find_or_install_redis_server(environ, log) if redis in missing else ""
         _check_ports_free(config, missing)
 
         if config.tls is not None and missing:
@@ -124,10 +124,18 @@ def up(
                 command = kafka.broker_command(config, service.node, java, libs)
                 launched.append(_launch(service, command, kafka.node_dir(config, service.node)))
 
-            _wait_ready([redis], launched, _redis_check(config), config.redis_timeout)
+            _wait_ready(
+                [redis], launched, _redis_check(config), config.redis_timeout, "SHARDBUS_REDIS_START_TIMEOUT"
+            )
             expected_ids = frozenset(node.node_id for node in nodes)
             kafka_timeout = config.cluster_timeout if cluster else config.kafka_timeout
-            _wait_ready(kafka_services, launched, _kafka_check(config, expected_ids), kafka_timeout)
+            _wait_ready(
+                kafka_services,
+                launched,
+                _kafka_check(config, expected_ids),
+                kafka_timeout,
+                "SHARDBUS_KAFKA_START_TIMEOUT",
+            )
         except BaseException:
             # Leave the stack as it was before this run, so the next `up` starts clean.
             processes.stop([item.record for item in launched if item.record], config.stop_timeout)
@@ -281,8 +289,12 @@ def _wait_ready(
     launched: list[_Launched],
     check: Callable[[Service], tuple[bool, str]],
     timeout: float,
+    timeout_variable: str,
 ) -> None:
-    """Poll each service until `check` passes; raise if one exits or the timeout passes."""
+    """Poll each service until `check` passes; raise if one exits or the timeout passes.
+
+    `timeout_variable` names the setting of `timeout` for the error message.
+    """
     ours = {item.service.name: item for item in launched}
     pending = list(services)
     details: dict[str, str] = {}
@@ -308,8 +320,9 @@ def _wait_ready(
     service = pending[0]
     offset = ours[service.name].log_offset if service.name in ours else 0
     raise StackError(
-        f"{service.name} timed out: no ready response on {service.address} within {timeout:.0f} s "
-        f"(last check: {details.get(service.name)}). Last lines of {service.log_file}:\n"
+        f"{service.name} timed out: no ready response on {service.address} within {timeout:g} s "
+        f"(last check: {details.get(service.name)}; raise {timeout_variable} if it is only slow). "
+        f"Last lines of {service.log_file}:\n"
         f"{processes.tail(service.log_file, 30, offset)}"
     )
 

@@ -55,7 +55,7 @@ def run_stack(env: dict[str, str], *args: str, timeout: float = 180) -> subproce
     )
 
 
-def run_module(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def run_module(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the stack with this interpreter directly, for environments without bash on PATH."""
     env = dict(env, PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -63,7 +63,7 @@ def run_module(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
         cwd=ROOT,
@@ -259,3 +259,213 @@ def test_stack_imports_only_standard_library(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert "SHARDBUS_KAFKA_BOOTSTRAP" in result.stdout
+
+
+# A stand-in for java that reports version 17. Run as the storage tool
+# ("format") or as the broker ("broker"), it succeeds, exits with status 3
+# ("exit") or never returns ("hang"), as the test requests. It opens no port, so
+# a hanging broker never answers the readiness check.
+FAKE_JAVA = """#!{python}
+import sys, time
+
+arguments = sys.argv[1:]
+if arguments == ["-version"]:
+    print('openjdk version "17.0.99" 2025-01-21', file=sys.stderr)
+    sys.exit(0)
+role = "format" if "kafka.tools.StorageTool" in arguments else "broker"
+behaviour = {behaviours!r}.get(role, "succeed")
+if behaviour == "exit":
+    print(f"fake {{role}} failed on purpose", flush=True)
+    sys.exit(3)
+if behaviour == "hang":
+    print(f"fake {{role}} hangs on purpose", flush=True)
+    while True:
+        time.sleep(60)
+"""
+
+FAKE_KAFKA_VERSION = "0.0.0-fake"
+
+
+def fake_java_env(tmp_path: Path, **behaviours: str) -> dict[str, str]:
+    """Return a private stack environment whose Kafka runs the fake java above.
+
+    The jar cache is an empty folder marked complete, so no Maven runs.
+    """
+    java_home = tmp_path / "jdk"
+    (java_home / "bin").mkdir(parents=True)
+    java = java_home / "bin" / "java"
+    java.write_text(FAKE_JAVA.format(python=sys.executable, behaviours=behaviours))
+    java.chmod(0o755)
+    libs = tmp_path / "cache" / "shardbus" / f"kafka-{FAKE_KAFKA_VERSION}" / "libs"
+    libs.mkdir(parents=True)
+    (libs / ".complete").write_text("")
+    return stack_env(
+        tmp_path / "stack",
+        JAVA_HOME=str(java_home),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        SHARDBUS_KAFKA_VERSION=FAKE_KAFKA_VERSION,
+        # Redis is real here and may start slowly on a busy machine.
+        SHARDBUS_REDIS_START_TIMEOUT="120",
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Return the pids of live processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def assert_nothing_left(env: dict[str, str]) -> None:
+    state_dir = Path(env["SHARDBUS_STACK_DIR"])
+    assert read_pids(state_dir) == {}
+    # Every Kafka command line names a file in the state folder. Redis
+    # rewrites its command line, so its port shows whether it still runs.
+    assert processes_mentioning(str(state_dir)) == []
+    for variable in ("SHARDBUS_KAFKA_PORT", "SHARDBUS_KAFKA_CONTROLLER_PORT", "SHARDBUS_REDIS_PORT"):
+        assert port_free(int(env[variable])), variable
+
+
+@pytest.mark.integration
+def test_up_broker_exit_names_port_and_log(tmp_path):
+    env = fake_java_env(tmp_path, broker="exit")
+    log = Path(env["SHARDBUS_STACK_DIR"]) / "logs" / "kafka.log"
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert "starting redis on" in result.stderr
+    assert (
+        f"stack: error: kafka exited with status 3 during start-up (127.0.0.1:{env['SHARDBUS_KAFKA_PORT']})"
+        in result.stderr
+    )
+    assert f"Last lines of {log}:\nfake broker failed on purpose" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(env)
+
+
+@pytest.mark.integration
+def test_up_silent_broker_times_out(tmp_path):
+    env = fake_java_env(tmp_path, broker="hang")
+    env["SHARDBUS_KAFKA_START_TIMEOUT"] = "2"
+    log = Path(env["SHARDBUS_STACK_DIR"]) / "logs" / "kafka.log"
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert "starting redis on" in result.stderr
+    assert (
+        f"stack: error: kafka timed out: no ready response on 127.0.0.1:{env['SHARDBUS_KAFKA_PORT']} within 2 s"
+        in result.stderr
+    )
+    assert "raise SHARDBUS_KAFKA_START_TIMEOUT if it is only slow" in result.stderr
+    assert f"Last lines of {log}:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(env)
+
+
+def test_up_format_timeout_names_node_and_log(tmp_path):
+    env = fake_java_env(tmp_path, format="hang")
+    env["SHARDBUS_KAFKA_FORMAT_TIMEOUT"] = "2"
+    state_dir = Path(env["SHARDBUS_STACK_DIR"])
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"stack: error: formatting the KRaft storage of kafka in {state_dir / 'kafka' / 'single' / 'data'} "
+        "timed out after 2 s (raise SHARDBUS_KAFKA_FORMAT_TIMEOUT if it is only slow)"
+    ) in result.stderr
+    assert f"last lines of {state_dir / 'logs' / 'kafka.log'}:" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Storage is formatted before anything starts.
+    assert "starting" not in result.stderr
+    assert_nothing_left(env)
+
+
+def test_up_format_failure_shows_log(tmp_path):
+    env = fake_java_env(tmp_path, format="exit")
+    log = Path(env["SHARDBUS_STACK_DIR"]) / "logs" / "kafka.log"
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert "stack: error: formatting the KRaft storage of kafka in " in result.stderr
+    assert f"failed (exit status 3); last lines of {log}:\nfake format failed on purpose" in result.stderr
+    assert_nothing_left(env)
+
+
+def test_up_without_installable_redis_names_command(tmp_path):
+    # PATH holds only an apt-get that cannot find the package, so neither
+    # redis-server nor sudo is found, whether the suite runs as root or not.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    apt_get = bin_dir / "apt-get"
+    apt_get.write_text("#!/bin/sh\necho 'E: Unable to locate package redis-server'\nexit 100\n")
+    apt_get.chmod(0o755)
+    env = fake_java_env(tmp_path)
+    env["PATH"] = str(bin_dir)
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert "stack: redis-server was not found on PATH; installing Debian's redis-server package" in result.stderr
+    assert "stack: error: redis-server was not found on PATH, and installing it failed: " in result.stderr
+    assert "apt-get install -y redis-server" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "starting" not in result.stderr
+    assert_nothing_left(env)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_installs_missing_redis(private_stack, tmp_path):
+    # The fake apt-get "installs" redis-server as a link to the real one and
+    # prints to its standard output, which must not mix with the exports.
+    real_redis = shutil.which("redis-server")
+    java = Path(os.path.realpath(shutil.which("java")))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    apt_get = bin_dir / "apt-get"
+    apt_get.write_text(
+        "#!/bin/sh\n"
+        'echo "fake apt-get $*"\n'
+        f'[ "$1" = install ] && /bin/ln -s {real_redis} {bin_dir / "redis-server"}\n'
+        "exit 0\n"
+    )
+    apt_get.chmod(0o755)
+    # A passwordless sudo, for when the suite does not run as root.
+    sudo = bin_dir / "sudo"
+    sudo.write_text('#!/bin/sh\n[ "$1" = -n ] && shift\n"$@"\n')
+    sudo.chmod(0o755)
+    env = dict(private_stack, PATH=str(bin_dir), JAVA_HOME=str(java.parent.parent))
+
+    result = run_module(env, "up", timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert "stack: redis-server was not found on PATH; installing Debian's redis-server package" in result.stderr
+    assert "fake apt-get install -y -q --no-install-recommends redis-server" in result.stderr
+    assert f"stack: installed {bin_dir / 'redis-server'}" in result.stderr
+    assert [line.split("=")[0] for line in result.stdout.splitlines()] == [
+        "export SHARDBUS_KAFKA_BOOTSTRAP",
+        "export SHARDBUS_REDIS_URL",
+    ]
+    assert sorted(read_pids(Path(env["SHARDBUS_STACK_DIR"]))) == ["kafka", "redis"]

@@ -39,6 +39,7 @@ def test_environment_overrides():
             "SHARDBUS_KAFKA_PORT": "29092",
             "SHARDBUS_REDIS_PORT": "26379",
             "SHARDBUS_KAFKA_START_TIMEOUT": "90",
+            "SHARDBUS_KAFKA_FORMAT_TIMEOUT": "45",
         }
     )
 
@@ -47,6 +48,7 @@ def test_environment_overrides():
     assert config.bootstrap(cluster=False) == "127.0.0.1:29092"
     assert config.redis_url == "redis://127.0.0.1:26379/0"
     assert config.kafka_timeout == 90.0
+    assert config.format_timeout == 45.0
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,7 @@ def test_environment_overrides():
         ("SHARDBUS_KAFKA_PORT", "80", "must be between 1024 and 65534, got 80"),
         ("SHARDBUS_KAFKA_CLUSTER_PORTS", "29192,29292", "must list 3 broker ports"),
         ("SHARDBUS_REDIS_START_TIMEOUT", "-1", "must be a positive number of seconds"),
+        ("SHARDBUS_KAFKA_FORMAT_TIMEOUT", "soon", "must be a number of seconds, got 'soon'"),
         ("SHARDBUS_REDIS_PORT", "19092", "port 19092 is set twice"),
     ],
 )
