@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from provisioner.backend import HolderSpec
 from provisioner.microvm import MicroVMBackend
-from provisioner.microvm_console import TAIL_LINES
+from provisioner.microvm_console import TAIL_LINES, console_tail
 from provisioner.microvm_host import find_qemu_pid, find_relay_pids
 from schemas import codec
 from schemas.holders import HolderHeartbeat
@@ -302,3 +302,23 @@ def test_adopt_deletes_console_of_gone_vm(tmp_path: Path, caplog) -> None:
     assert not console.exists()
     assert "microVM holder-gone ended while no provisioner watched it" in caplog.text
     assert "holder holder-gone is consuming its topic" in caplog.text
+
+
+def test_console_tail_reads_only_the_end(tmp_path: Path) -> None:
+    console = tmp_path / "holder-big.log"
+    console.write_text("".join(f"boot message {number:05d} " + "x" * 80 + "\n" for number in range(10_000)))
+    tail = console_tail(console)
+    assert len(tail) == TAIL_LINES
+    assert tail[-1].startswith("boot message 09999 ")
+    assert tail[0].startswith("boot message 09980 ")
+
+    # A line that starts before the bytes read is incomplete, so it is left out.
+    console.write_text("A" * 10_000 + "\nlast line\n")
+    assert console_tail(console) == ["last line"]
+
+
+def test_console_tail_neutralizes_control_characters(tmp_path: Path) -> None:
+    console = tmp_path / "holder-escape.log"
+    console.write_bytes(b"plain\r\n\x1b[2K\x1b[1Aforged line\r\n\r\n\xff\xfe not utf-8\n")
+    assert console_tail(console) == ["plain", "?[2K?[1Aforged line", "\ufffd\ufffd not utf-8"]
+    assert console_tail(tmp_path / "missing.log") == []
