@@ -16,6 +16,8 @@ and deletes those ACLs when the holder ends (see ``provisioner.access``).
 ``--backend microvm`` runs each holder in its own QEMU microVM (see
 ``provisioner.microvm``; ``scripts/microvm-setup`` installs what it needs).
 Its pool size and ready timeout then default to values sized for VMs.
+Stopping a VM deletes its console log; ``--vm-keep-console`` (or
+SHARDBUS_VM_KEEP_CONSOLE=1) keeps the logs in the log folder for debugging.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _DEFAULTS = ProvisionerConfig()
 
 #: Environment variable with the default of --on-stop.
 ON_STOP_ENV = "SHARDBUS_HOLDERS_ON_STOP"
+#: Environment variable that turns --vm-keep-console on when set to 1.
+KEEP_CONSOLE_ENV = "SHARDBUS_VM_KEEP_CONSOLE"
 
 #: A microVM holder needs many seconds to boot under software emulation, and
 #: more while other VMs boot beside it, so its first heartbeat may come late.
@@ -50,7 +54,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run each holder as an OS process or in its own QEMU microVM (default process)")
     parser.add_argument("--pool-size", type=int, default=None,
                         help=f"ready, empty holders to keep warm (default {_DEFAULTS.pool_size}; for microVMs, "
-                        "as many as fit in an eighth of the available memory, from 1 to 4)")
+                        "as many as fit in an eighth of the available memory at 400 MiB each, from 1 to 5)")
     parser.add_argument("--max-holders", type=int, default=_DEFAULTS.max_holders,
                         help="maximum number of running holders outside the warm pool, counting pooled holders "
                         "that keep stored fragments, so it also limits how many secrets can be stored (at 3-of-5, "
@@ -80,6 +84,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vm-accelerator", choices=["auto", "tcg", "kvm"], default="auto",
                         help="QEMU accelerator of microVM holders; auto uses KVM only when a probe guest boots "
                         "with it (default auto)")
+    parser.add_argument("--vm-keep-console", action="store_true",
+                        default=os.environ.get(KEEP_CONSOLE_ENV) == "1",
+                        help="keep each microVM's console log in the log folder after the VM stops, for debugging; "
+                        f"by default it is deleted (default from {KEEP_CONSOLE_ENV}=1, else off)")
     args = parser.parse_args(argv)
     if args.on_stop not in ("keep", "teardown"):
         parser.error(f"{ON_STOP_ENV}={args.on_stop!r} is invalid: use keep or teardown")
@@ -134,7 +142,7 @@ def _backend(args: argparse.Namespace, log_dir: Path) -> HolderBackend:
         from provisioner.microvm import DEFAULT_MEMORY_MIB, MicroVMBackend
 
         return MicroVMBackend(log_dir, memory_mib=args.vm_memory or DEFAULT_MEMORY_MIB,
-                              accelerator=args.vm_accelerator)
+                              accelerator=args.vm_accelerator, keep_console_logs=args.vm_keep_console)
     from provisioner.process import ProcessBackend
 
     return ProcessBackend(log_dir)

@@ -24,10 +24,13 @@ public key the registry recorded. An adopted VM has no control channel, so
 stopping it sends SIGTERM to QEMU at once, which discards the guest's memory
 with everything the holder kept.
 
-A holder needs no file on the host: the console log goes to
-``<log_dir>/<holder id>.log`` and the kernel and initramfs are shared by all
-guests. ``benchmarks/holder_backends.py`` measures boot time and memory
-(figures in docs/benchmarks.md).
+A holder leaves no file on the host. Its console log,
+``<log_dir>/<holder id>.log``, exists while the VM runs, and stop()
+deletes it, after copying its last lines into the provisioner's log when
+the VM failed (see ``microvm_console``). ``keep_console_logs`` keeps them
+for debugging. The kernel and initramfs are shared by all guests.
+``benchmarks/holder_backends.py`` measures boot time and memory (figures
+in docs/benchmarks.md).
 
 NOTE: guest memory is not locked on the host. The holder's ``mlockall``
 keeps its pages in guest RAM, but the host may swap QEMU's memory out like
@@ -40,7 +43,6 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +51,8 @@ from pathlib import Path
 
 import holders
 from provisioner.backend import BackendStatus, HolderBackend, HolderSpec, HolderTls
-from provisioner.microvm_host import find_qemu_pid, find_relay_pids, runs_guest
+from provisioner.microvm_console import discard_console
+from provisioner.microvm_host import end_qemu, end_relays, find_qemu_pid, runs_guest
 from provisioner.microvm_image import GuestImage, default_cache_dir, guest_image
 from provisioner.microvm_qemu import (
     BrokerForward,
@@ -65,8 +68,6 @@ log = logging.getLogger(__name__)
 
 _SOURCE_ROOT = str(Path(holders.__file__).resolve().parent.parent)
 _KEY_LINE_LIMIT = 4096
-#: Pause between two checks of whether a stopping VM has exited.
-_EXIT_POLL_S = 0.05
 
 #: Guest memory. Debian's kernel keeps about 60 MiB for itself, and the
 #: holder locks about 48 MiB (``mlockall``), so 128 MiB runs out of memory
@@ -110,8 +111,10 @@ class MicroVMBackend(HolderBackend):
     boots one probe guest with KVM on first use and falls back to TCG unless
     it reports back within `probe_timeout_s`. Some hosts expose a /dev/kvm
     that cannot run a stock guest kernel, so its presence proves nothing.
-    `cache_dir` contains the kernel, busybox and initramfs that
-    ``scripts/microvm-setup`` installs.
+    `kvm_device` is the KVM device that the probe needs. `cache_dir`
+    contains the kernel, busybox and initramfs that ``scripts/microvm-setup``
+    installs. With `keep_console_logs`, stop() leaves each VM's console log
+    (and the probe's) in `log_dir` instead of deleting it.
 
     At most `max_booting` guests (default: one per CPU core) boot at once,
     and start() waits for one of them to report its key before it launches
@@ -134,6 +137,8 @@ class MicroVMBackend(HolderBackend):
         cache_dir: Path | None = None,
         probe_timeout_s: float = 10.0,
         max_booting: int | None = None,
+        kvm_device: Path = Path("/dev/kvm"),
+        keep_console_logs: bool = False,
     ) -> None:
         if accelerator not in ("auto", "tcg", "kvm"):
             raise ValueError(f"accelerator must be auto, tcg or kvm, got {accelerator!r}")
@@ -146,6 +151,8 @@ class MicroVMBackend(HolderBackend):
         self._qemu = qemu
         self._cache_dir = cache_dir or default_cache_dir()
         self._probe_timeout_s = probe_timeout_s
+        self._kvm_device = Path(kvm_device)
+        self._keep_console_logs = keep_console_logs
         self._guests: dict[str, _Guest] = {}
         self._prepared: tuple[GuestImage, tuple[str, ...], str] | None = None
         self._prepare_lock = asyncio.Lock()
@@ -195,26 +202,36 @@ class MicroVMBackend(HolderBackend):
     # NOTE: only hosts whose /dev/kvm fails the probe have run this backend
     # so far, so guests under KVM have never booted a holder in a test.
     async def _kvm_boots(self, image: GuestImage) -> bool:
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            log.info("KVM probe: /dev/kvm is missing or not accessible; using TCG")
+        if not os.access(self._kvm_device, os.R_OK | os.W_OK):
+            log.info("KVM probe: %s is missing or not accessible; using TCG", self._kvm_device)
             return False
         console = self._log_dir / "kvm-probe.log"
-        popen, control = self._launch("kvm-probe", image, (), (), "kvm", console, ("shardbus.probe=1",))
-        probe = _Guest("kvm-probe", "", popen.pid, popen, control)
-        reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
+        line = b""
         try:
-            line = await asyncio.wait_for(reader.readline(), self._probe_timeout_s)
-        except (asyncio.TimeoutError, OSError, ValueError):
-            line = b""
+            popen, control = self._launch("kvm-probe", image, (), (), "kvm", console, ("shardbus.probe=1",))
+            probe = _Guest("kvm-probe", "", popen.pid, popen, control)
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=control, limit=_KEY_LINE_LIMIT)
+                try:
+                    line = await asyncio.wait_for(reader.readline(), self._probe_timeout_s)
+                finally:
+                    writer.close()
+            except (asyncio.TimeoutError, OSError, ValueError):
+                line = b""
+            finally:
+                control.close()
+                await end_qemu(probe.holder_id, probe.pid, probe.alive, 2.0)
         finally:
-            writer.close()
-            await self._end(probe, 2.0)
-        if line.strip() == b"probe ok":
+            booted = line.strip() == b"probe ok"
+            failure = None if booted else f"did not report within {self._probe_timeout_s:g} s or QEMU failed"
+            # The probe fails on every host without a working KVM, so its
+            # console goes to the log at INFO level.
+            discard_console(console, "kvm-probe", failure, keep=self._keep_console_logs, level=logging.INFO)
+        if booted:
             log.info("KVM probe: a guest booted with KVM; using KVM")
-            return True
-        log.info("KVM probe: the probe guest did not report within %g s or QEMU failed (see %s); using TCG",
-                 self._probe_timeout_s, console)
-        return False
+        else:
+            log.info("KVM probe: no guest booted with KVM; using TCG")
+        return booted
 
     def _launch(
         self,
@@ -274,7 +291,7 @@ class MicroVMBackend(HolderBackend):
             f"shardbus.prefix={spec.topic_prefix}", f"shardbus.heartbeat={spec.heartbeat_interval_s:g}",
             f"shardbus.kem={spec.kem}",
         ) + (("shardbus.tls=1",) if spec.tls is not None else ())
-        console = self._log_dir / f"{spec.holder_id}.log"
+        console = self._console(spec.holder_id)
 
         await self._boot_slots.acquire()
         try:
@@ -307,6 +324,10 @@ class MicroVMBackend(HolderBackend):
             raise ValueError(f"holder {holder_id} is tracked already; adopt only holders of an earlier provisioner")
         qemu_pid = find_qemu_pid(holder_id)
         if qemu_pid is None:
+            # The VM ended while no provisioner watched it, and only its
+            # console log is left.
+            discard_console(self._console(holder_id), holder_id, "ended while no provisioner watched it",
+                            keep=self._keep_console_logs)
             return None
         guest = _Guest(holder_id, kem, qemu_pid, public_key=public_key)
         self._guests[holder_id] = guest
@@ -352,72 +373,42 @@ class MicroVMBackend(HolderBackend):
             guest.key_reader.cancel()
             await asyncio.gather(guest.key_reader, return_exceptions=True)
 
+        alive = guest.alive()
+        failure = None
+        if not alive:
+            failure = "exited before it was asked to stop"
+        elif not guest.public_key:
+            failure = "was stopped before it reported its public key"
+
         # A VM that has not reported its key yet was never handed out and
         # has nothing to wipe, and an adopted VM cannot be asked, so
         # QEMU gets SIGTERM at once for both.
-        polite = guest.alive() and guest.writer is not None and bool(guest.public_key)
+        polite = alive and guest.writer is not None and bool(guest.public_key)
         if polite:
             try:
                 guest.writer.write(b"stop\n")
                 await asyncio.wait_for(guest.writer.drain(), 1.0)
             except (OSError, asyncio.TimeoutError) as exc:
                 log.info("could not send stop to holder %s: %s", holder_id, exc)
-        await self._end(guest, timeout_s if polite else 0.0)
+        exited = await end_qemu(holder_id, guest.pid, guest.alive, timeout_s if polite else 0.0)
+        if polite and not exited:
+            failure = f"did not power off within {timeout_s:g} s of the stop request"
 
         if guest.writer is not None:
             guest.writer.close()
         if guest.control is not None:
             guest.control.close()
-        await self._end_relays(holder_id)
+        await end_relays(holder_id)
+        discard_console(self._console(holder_id), holder_id, failure, keep=self._keep_console_logs)
         code = "unknown, adopted" if guest.popen is None else guest.popen.returncode
         log.info("stopped holder %s (qemu pid %d, exit code %s)", holder_id, guest.pid, code)
 
-    @staticmethod
-    async def _end_relays(holder_id: str) -> None:
-        """End the guestfwd relays QEMU left behind for `holder_id`.
-
-        The relays exit once QEMU closes their sockets. One that is still
-        connecting to the broker gets SIGTERM, then SIGKILL. The call returns
-        only when none is left, so a stopped holder leaves no process behind.
-        """
-        loop = asyncio.get_running_loop()
-        for signum in (None, signal.SIGTERM, signal.SIGKILL):
-            pids = find_relay_pids(holder_id)
-            if not pids:
-                return
-            for pid in pids if signum is not None else ():
-                try:
-                    os.kill(pid, signum)
-                except ProcessLookupError:
-                    pass
-            deadline = loop.time() + (1.0 if signum is None else 5.0)
-            while find_relay_pids(holder_id) and loop.time() < deadline:
-                await asyncio.sleep(_EXIT_POLL_S)
-        left = find_relay_pids(holder_id)
-        if left:
-            log.warning("relays %s of holder %s survived SIGKILL", left, holder_id)
-
-    @staticmethod
-    async def _end(guest: _Guest, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for QEMU to exit, then send SIGTERM, then SIGKILL."""
-        loop = asyncio.get_running_loop()
-        for signum, wait_s in ((None, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if signum is not None and guest.alive():
-                expected = signum == signal.SIGTERM and timeout_s == 0.0
-                log.log(logging.INFO if expected else logging.WARNING,
-                        "microVM %s (qemu pid %d) still runs; sending %s",
-                        guest.holder_id, guest.pid, signal.Signals(signum).name)
-                try:
-                    os.kill(guest.pid, signum)
-                except ProcessLookupError:
-                    pass
-            # Polled, because an adopted QEMU is not our child, and a
-            # Popen wait would block the event loop.
-            deadline = loop.time() + wait_s
-            while guest.alive() and loop.time() < deadline:
-                await asyncio.sleep(_EXIT_POLL_S)
-            if not guest.alive():
-                return
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every holder this backend started or adopted, and release the initramfs."""
+        await super().close(timeout_s)
+        if self._prepared is not None:
+            self._prepared[0].release()
+            self._prepared = None
 
     def status(self, holder_id: str) -> BackendStatus | None:
         guest = self._guests.get(holder_id)
@@ -432,8 +423,11 @@ class MicroVMBackend(HolderBackend):
         return None if guest is None else guest.pid
 
     def log_path(self, holder_id: str) -> Path | None:
-        """Return the holder's console log, or None for an unknown id."""
-        return self._log_dir / f"{holder_id}.log" if holder_id in self._guests else None
+        """Return the console log of a holder that the backend tracks, or None for an unknown id."""
+        return self._console(holder_id) if holder_id in self._guests else None
+
+    def _console(self, holder_id: str) -> Path:
+        return self._log_dir / f"{holder_id}.log"
 
     @staticmethod
     def _status(guest: _Guest) -> BackendStatus:

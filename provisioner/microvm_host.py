@@ -1,4 +1,4 @@
-"""Host-side facts about microVM holders: their processes and how many the pool keeps.
+"""Host-side facts about microVM holders: their processes, how to end them and how many the pool keeps.
 
 QEMU runs each holder's VM as a process named ``shardbus-<holder id>``, and
 its broker relays carry ``SHARDBUS_RELAY_FOR=<holder id>`` in their
@@ -9,20 +9,35 @@ tests use it to kill a VM or to check that none is left.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import signal
+from collections.abc import Callable
 
 from provisioner.microvm_qemu import RELAY_MARK
+
+log = logging.getLogger(__name__)
+
+#: Pause between two checks of whether a stopping process has exited.
+_EXIT_POLL_S = 0.05
 
 #: Host memory that one idle holder VM takes under TCG, QEMU included: 337 MiB
 #: RSS measured with 160 MiB of guest memory (docs/benchmarks.md), rounded up
 #: for the page cache that a long-running guest grows.
 HOST_MIB_PER_VM = 400
 
-#: The warm pool may take this share of the host's available memory.
+#: The warm pool may take this share of the host's available memory. Each
+#: stored 3-of-5 secret keeps 5 more VMs running, so the pool gets only an
+#: eighth.
 POOL_MEMORY_SHARE = 8
-#: Booting a guest under TCG keeps a core busy for several seconds, so the
-#: default pool stays small even on a large host.
-MAX_DEFAULT_POOL = 4
+#: A default ``shardbus secret put`` (3-of-5) takes 5 holders, and a request
+#: that finds the pool short waits for VMs to boot, each for about 10 s of
+#: a core under TCG. A pool of 5 serves one such request at once. Each further
+#: VM would cost about 5 % of a core while idle (both figures from
+#: docs/benchmarks.md), only to serve a second request that comes before
+#: the pool refills.
+MAX_DEFAULT_POOL = 5
 
 
 def default_pool_size(available_mib: int | None = None) -> int:
@@ -30,7 +45,8 @@ def default_pool_size(available_mib: int | None = None) -> int:
 
     It is the number of VMs that fit in an eighth of the host's available
     memory (``MemAvailable``) at ``HOST_MIB_PER_VM`` each, between 1 and
-    ``MAX_DEFAULT_POOL``.
+    ``MAX_DEFAULT_POOL``. A host needs 16,000 MiB available for the full
+    pool of 5.
     """
     if available_mib is None:
         available_mib = _available_memory_mib()
@@ -101,3 +117,55 @@ def find_relay_pids(holder_id: str) -> list[int]:
             continue
         found.append(int(entry))
     return found
+
+
+async def end_relays(holder_id: str) -> None:
+    """End the guestfwd relays QEMU left behind for `holder_id`.
+
+    The relays exit once QEMU closes their sockets. One that is still
+    connecting to the broker gets SIGTERM, then SIGKILL. The call returns
+    only when none is left, so a stopped holder leaves no process behind.
+    """
+    loop = asyncio.get_running_loop()
+    for signum in (None, signal.SIGTERM, signal.SIGKILL):
+        pids = find_relay_pids(holder_id)
+        if not pids:
+            return
+        for pid in pids if signum is not None else ():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = loop.time() + (1.0 if signum is None else 5.0)
+        while find_relay_pids(holder_id) and loop.time() < deadline:
+            await asyncio.sleep(_EXIT_POLL_S)
+    left = find_relay_pids(holder_id)
+    if left:
+        log.warning("relays %s of holder %s survived SIGKILL", left, holder_id)
+
+
+async def end_qemu(name: str, pid: int, alive: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for QEMU process `pid` of microVM `name` to exit, then send SIGTERM, then SIGKILL.
+
+    `alive` tells whether that QEMU still runs. Returns True when QEMU
+    exited within `timeout_s`, before any signal.
+    """
+    loop = asyncio.get_running_loop()
+    for signum, wait_s in ((None, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if signum is not None and alive():
+            expected = signum == signal.SIGTERM and timeout_s == 0.0
+            log.log(logging.INFO if expected else logging.WARNING,
+                    "microVM %s (qemu pid %d) still runs; sending %s",
+                    name, pid, signal.Signals(signum).name)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        # Polled, because an adopted QEMU is not our child, and a
+        # Popen wait would block the event loop.
+        deadline = loop.time() + wait_s
+        while alive() and loop.time() < deadline:
+            await asyncio.sleep(_EXIT_POLL_S)
+        if not alive():
+            return signum is None
+    return False

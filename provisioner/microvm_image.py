@@ -23,6 +23,7 @@ with any Python 3.11 before a virtual environment exists.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import lzma
 import os
@@ -30,15 +31,16 @@ import shutil
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 #: The modules a guest needs beyond the built-in drivers of Debian's kernel,
 #: by module name. Their dependencies are added from each module's modinfo.
 GUEST_MODULES = ("virtio_mmio", "virtio_net", "virtio_console", "virtio_rng", "9pnet_virtio", "9p")
 
-# NOTE: pyproject.toml does not list this script as package data, so only a
-# source checkout or an editable install (as scripts/test makes) has it.
+# pyproject.toml lists ``*.sh`` as package data of ``provisioner``, so an
+# installed package contains this script as well as a source checkout does.
 INIT_SCRIPT = Path(__file__).with_name("microvm_init.sh")
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -59,10 +61,22 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class GuestImage:
-    """The files QEMU boots: the uncompressed kernel and the initramfs."""
+    """The files QEMU boots: the uncompressed kernel and the initramfs.
+
+    While the image is in use it holds a shared lock on the initramfs, so
+    that ``remove_stale_initramfs`` in another backend leaves the file in
+    place. QEMU reads the initramfs when it starts, so only guests that
+    have yet to start need it. Call release() when no more guests start.
+    """
 
     kernel: Path
     initramfs: Path
+    lock: BinaryIO | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Release the lock on the initramfs, so that a newer backend may delete it once stale."""
+        if self.lock is not None:
+            self.lock.close()
 
 
 # -- the kernel ---------------------------------------------------------------------
@@ -262,7 +276,9 @@ def guest_image(cache_dir: Path | None = None, *, runtime_dir: Path) -> GuestIma
     """Build the initramfs into `runtime_dir` and return the files to boot.
 
     The initramfs file name carries a hash of its content, so backends that
-    share `runtime_dir` reuse one file.
+    share `runtime_dir` reuse one file. The returned image keeps a shared
+    lock on it (see ``GuestImage``), and the initramfs files of other
+    contents that no backend has locked are deleted.
     """
     cache_dir = cache_dir or default_cache_dir()
     kernel = cache_dir / "kernel" / "vmlinux"
@@ -271,11 +287,75 @@ def guest_image(cache_dir: Path | None = None, *, runtime_dir: Path) -> GuestIma
     archive = build_initramfs(cache_dir)
     runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     initramfs = runtime_dir / f"initramfs-{hashlib.sha256(archive).hexdigest()[:16]}.cpio"
-    if not initramfs.exists():
-        partial = initramfs.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(archive)
-        partial.rename(initramfs)
-    return GuestImage(kernel, initramfs)
+    # Another backend may delete the file between the write and the lock,
+    # when it took the file for a stale one, so a few attempts are allowed.
+    for _ in range(_LOCK_ATTEMPTS):
+        if not initramfs.exists():
+            partial = initramfs.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_bytes(archive)
+            partial.rename(initramfs)
+        lock = _lock_shared(initramfs)
+        if lock is not None:
+            break
+    else:
+        raise OSError(f"{initramfs} was deleted each of the {_LOCK_ATTEMPTS} times it was written; "
+                      f"check what else deletes files in {runtime_dir}")
+    remove_stale_initramfs(runtime_dir, keep=initramfs)
+    return GuestImage(kernel, initramfs, lock)
+
+
+_LOCK_ATTEMPTS = 3
+
+
+def _lock_shared(path: Path) -> BinaryIO | None:
+    """Open `path` with a shared lock, or return None when the file is gone or was replaced meanwhile."""
+    try:
+        lock = open(path, "rb")  # noqa: SIM115 - the GuestImage owns it
+    except FileNotFoundError:
+        return None
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    if not _still_named(lock, path):
+        lock.close()
+        return None
+    return lock
+
+
+def _still_named(file: BinaryIO, path: Path) -> bool:
+    # A file deleted while we waited for its lock is no longer at `path`.
+    try:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_initramfs(runtime_dir: Path, keep: Path) -> list[Path]:
+    """Delete the initramfs files in `runtime_dir` other than `keep` that no GuestImage holds.
+
+    Each initramfs of an older init script or busybox would otherwise stay
+    in the folder for good. A file that a running backend holds (a shared
+    lock) is left for a later call. Returns the deleted files.
+    """
+    removed = []
+    for path in sorted(runtime_dir.glob("initramfs-*.cpio")):
+        if path.name == keep.name:
+            continue
+        # A file that cannot be opened, locked or deleted (another user's,
+        # say) is left, because it keeps no backend from booting its guests.
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            continue
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Deleted under the exclusive lock, so a backend that waits
+                # for its shared lock finds the file gone and writes it again.
+                if _still_named(file, path):
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
 
 
 # -- command line -------------------------------------------------------------------

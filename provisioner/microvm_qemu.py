@@ -121,16 +121,33 @@ def host_shares(python: str, source_root: str) -> list[str]:
     return shares
 
 
-def tsc_khz() -> int | None:
+#: The TSC frequency that some kernels publish in sysfs, and the CPU table
+#: that ``tsc_khz`` falls back to.
+TSC_FREQ_FILE = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+CPUINFO_FILE = Path("/proc/cpuinfo")
+
+
+def tsc_khz(tsc_freq_file: Path = TSC_FREQ_FILE, cpuinfo_file: Path = CPUINFO_FILE) -> int | None:
     """Return the host's TSC frequency in kHz, or None when it is unknown.
 
     Under TCG the guest's TSC runs at the host's rate, and a guest kernel
     that calibrates it itself sometimes hangs, so the backend passes it as
-    ``tsc_early_khz``. The value comes from ``/proc/cpuinfo``, which gives the
-    TSC rate on CPUs with a constant TSC.
+    ``tsc_early_khz``. The value comes from `tsc_freq_file` where the
+    kernel provides it. Otherwise it is the first ``cpu MHz`` of
+    `cpuinfo_file`, and only on CPUs with a constant TSC.
+
+    NOTE: on hosts that scale their CPU frequency, ``cpu MHz`` can be the
+    current frequency of the core instead of the TSC rate. The guest then
+    gets a wrong ``tsc_early_khz`` and its clock runs fast or slow.
     """
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
+        khz = int(tsc_freq_file.read_text().strip())
+    except (OSError, ValueError):
+        khz = 0
+    if khz > 0:
+        return khz
+    try:
+        cpuinfo = cpuinfo_file.read_text()
     except OSError:
         return None
     flags = mhz = None
@@ -139,8 +156,12 @@ def tsc_khz() -> int | None:
         if key.strip() == "flags" and flags is None:
             flags = value.split()
         elif key.strip() == "cpu MHz" and mhz is None:
-            mhz = float(value)
-    if flags is None or mhz is None or "constant_tsc" not in flags:
+            try:
+                mhz = float(value)
+            except ValueError:
+                return None
+    # The range check also drops "nan" and "inf", which float() accepts.
+    if flags is None or mhz is None or "constant_tsc" not in flags or not 0 < mhz < 100_000:
         return None
     return round(mhz * 1000)
 

@@ -274,3 +274,44 @@ async def audit_writes(kafka_bootstrap: str) -> AsyncIterator[AuditWrites]:
         for topic in sorted(switch.refused):
             await switch.accept(topic)
         await admin.close()
+
+
+def _qemu_cannot_run(qemu: str = "qemu-system-x86_64") -> str | None:
+    """Return why QEMU cannot boot a microVM on this machine, or None when it can."""
+    if shutil.which(qemu) is None:
+        return f"{qemu} is not installed"
+    try:
+        result = subprocess.run([qemu, "-machine", "help"], capture_output=True, text=True, timeout=60,
+                                check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{qemu} does not start: {exc}"
+    if result.returncode != 0:
+        return f"{qemu} does not start: exit status {result.returncode}, {result.stderr.strip()[:300]}"
+    if "microvm" not in result.stdout.split():
+        return f"{qemu} has no microvm machine type"
+    return None
+
+
+@pytest.fixture(scope="session")
+def microvm_host() -> None:
+    """Require a host that boots microVM holders.
+
+    The tests are skipped only where QEMU cannot run at all, and they fail
+    in CI (CI=true), which must run them. When QEMU runs but the guest
+    kernel, its modules or busybox are missing, the tests fail with a
+    message saying to run scripts/microvm-setup.
+    """
+    from provisioner.microvm_image import default_cache_dir
+
+    problem = _qemu_cannot_run()
+    if problem is not None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{problem}, and CI must run the microVM tests: install QEMU with scripts/microvm-setup "
+                        "(.ci/run runs it)", pytrace=False)
+        pytest.skip(f"QEMU cannot run microVM holders here: {problem}")
+    cache = default_cache_dir()
+    needed = (cache / "kernel" / "vmlinux", cache / "kernel" / "modules" / "modules.load", cache / "busybox")
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        pytest.fail(f"QEMU runs, but the microVM guest files {', '.join(missing)} are missing; "
+                    "run scripts/microvm-setup", pytrace=False)

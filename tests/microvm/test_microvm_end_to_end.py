@@ -2,9 +2,10 @@
 
 The provisioner runs with ``--backend microvm``: a 2-of-3 secret is stored
 on three VM holders, leased, leased again after one VM is killed, and every
-VM must be gone, with its topic, once the services stop. The module is
-skipped only where QEMU or the guest files are missing; ``.ci/run`` installs
-them with ``scripts/microvm-setup``.
+VM must be gone once the services stop, with its topic, its processes and
+every file it had on the host. The module is skipped only where QEMU cannot
+run (and fails instead under CI=true); ``.ci/run`` installs QEMU and the
+guest files with ``scripts/microvm-setup``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import signal
 import tempfile
 import time
@@ -38,17 +38,6 @@ from shardbus.sharing.fragmentation import Policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-_MISSING = [
-    what for what, present in (
-        ("qemu-system-x86_64", shutil.which("qemu-system-x86_64") is not None),
-        ("the guest kernel", (default_cache_dir() / "kernel" / "vmlinux").exists()),
-        ("busybox", (default_cache_dir() / "busybox").exists()),
-    ) if not present
-]
-if _MISSING:
-    pytest.skip(f"QEMU cannot run microVM holders here: {', '.join(_MISSING)} missing; "
-                "run scripts/microvm-setup", allow_module_level=True)
-
 #: Three VMs boot at once on a 2-core machine that other tests load too.
 _READY_TIMEOUT_S = 600.0
 
@@ -58,6 +47,8 @@ class VMDeployment:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.group = group
+        self.log_dir = settings.home / "logs"
+        self.console_dir = self.log_dir / "holders"
 
     def client(self) -> ShardbusClient:
         key = deployment.load_signing_key(self.settings.home / "apps" / "billing.key")
@@ -82,7 +73,7 @@ class VMDeployment:
 
 
 @pytest.fixture(scope="module")
-def vm_deployment(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[VMDeployment]:
+def vm_deployment(microvm_host, kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[VMDeployment]:
     prefix = f"vm{uuid.uuid4().hex[:8]}"
     home = tmp_path_factory.mktemp("vm-deployment")
     settings = Settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topic_prefix=prefix, home=home)
@@ -127,8 +118,23 @@ async def _topic_names(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-def _workdirs_of(holder_id: str) -> list[str]:
-    return [name for name in os.listdir(tempfile.gettempdir()) if holder_id in name]
+def _host_traces_of(holder_id: str, console_dir: Path) -> list[str]:
+    """Return what is left on the host of the VM that ran `holder_id`: files and Unix sockets naming it.
+
+    It searches the holders' log folder and the microVM cache (the folders
+    the backend writes), the top of the temporary folder and /dev/shm,
+    and the socket paths of /proc/net/unix.
+    """
+    found = []
+    for folder in (console_dir, default_cache_dir()):
+        for parent, folders, files in os.walk(folder):
+            found += [os.path.join(parent, name) for name in folders + files if holder_id in name]
+    for folder in (tempfile.gettempdir(), "/dev/shm"):
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, name) for name in os.listdir(folder) if holder_id in name]
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as sockets:
+        found += [f"socket {line.split()[-1]}" for line in sockets if holder_id in line]
+    return found
 
 
 async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
@@ -152,6 +158,15 @@ async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
         async with client.lease("db/vm-password") as leased:
             assert bytes(leased) == secret
 
+        # The running VMs' consoles are deleted at teardown, so they are
+        # checked now, after the holders have handled the secret.
+        consoles = list(vm_deployment.console_dir.glob("*.log"))
+        assert {path.stem for path in consoles} >= set(holders)
+        for console in consoles:
+            content = console.read_bytes()
+            assert secret not in content, f"{console} contains the secret"
+            assert secret.hex().encode() not in content, f"{console} contains the secret in hex"
+
         victim = holders[0]
         os.kill(qemu_pids[victim], signal.SIGKILL)
 
@@ -169,7 +184,7 @@ async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
     await _eventually(victim_topic_deleted, f"the topic of the killed holder {victim} was not deleted")
     assert find_qemu_pid(victim) is None
     assert find_relay_pids(victim) == []
-    assert _workdirs_of(victim) == []
+    assert _host_traces_of(victim, vm_deployment.console_dir) == []
 
     # Stopping the services tears down every VM, the pool's included.
     redis = Redis.from_url(settings.redis_url)
@@ -189,11 +204,16 @@ async def test_lease_survives_killed_vm(vm_deployment: VMDeployment) -> None:
     topics = await _topic_names(settings.kafka_bootstrap)
     assert sorted(vm_deployment.topics.holder(h) for h in every_holder if vm_deployment.topics.holder(h) in topics) == []
     for holder_id in every_holder:
-        assert _workdirs_of(holder_id) == []
+        assert _host_traces_of(holder_id, vm_deployment.console_dir) == []
+    left = sorted(path.name for path in vm_deployment.console_dir.iterdir())
+    assert left == [], f"files left in the holders' log folder after teardown: {left}"
+    cache_left = sorted(path.name for path in default_cache_dir().iterdir()
+                        if path.name not in ("kernel", "busybox") and not path.name.startswith("initramfs-"))
+    assert cache_left == [], f"files left in the microVM cache after teardown: {cache_left}"
 
-    # The guest consoles are the only files a VM writes on the host, and
-    # they never contain the secret.
-    for log in (settings.home / "logs" / "holders").glob("*.log"):
-        content = log.read_bytes()
-        assert secret not in content, f"{log} contains the secret"
-        assert secret.hex().encode() not in content, f"{log} contains the secret in hex"
+    # The killed VM's last console lines went to the provisioner's log, which
+    # never contains the secret either.
+    provisioner_log = (vm_deployment.log_dir / "provisioner.log").read_bytes()
+    assert f"microVM {victim} exited before it was asked to stop".encode() in provisioner_log
+    assert secret not in provisioner_log
+    assert secret.hex().encode() not in provisioner_log

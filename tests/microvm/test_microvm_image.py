@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import lzma
 import struct
@@ -16,6 +17,7 @@ from provisioner.microvm_image import (
     guest_image,
     install_kernel,
     newc_archive,
+    remove_stale_initramfs,
     resolve_modules,
 )
 
@@ -184,3 +186,54 @@ def test_guest_image_reuses_initramfs(tmp_path: Path) -> None:
     assert first == second
     assert first.kernel.read_bytes() == _KERNEL
     assert [p.name for p in cache.glob("initramfs-*.cpio")] == [first.initramfs.name]
+    first.release()
+    second.release()
+
+
+def test_guest_image_removes_stale_initramfs(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _install(cache, tmp_path)
+    old_init = tmp_path / "old-init.sh"
+    old_init.write_text("#!/bin/sh\necho an older init\n")
+    stale = cache / f"initramfs-{'0' * 16}.cpio"
+    stale.write_bytes(build_initramfs(cache, old_init))
+    unrelated = cache / "initramfs-notes.txt"
+    unrelated.write_text("not an initramfs")
+
+    image = guest_image(cache, runtime_dir=cache)
+    assert not stale.exists()
+    assert [p.name for p in cache.glob("initramfs-*.cpio")] == [image.initramfs.name]
+    assert unrelated.exists()
+    image.release()
+
+
+def test_initramfs_in_use_not_removed(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _install(cache, tmp_path)
+    in_use = cache / f"initramfs-{'1' * 16}.cpio"
+    in_use.write_bytes(b"an initramfs that another backend boots")
+    with open(in_use, "rb") as other_backend:
+        fcntl.flock(other_backend, fcntl.LOCK_SH)
+        image = guest_image(cache, runtime_dir=cache)
+        assert in_use.exists()
+
+    # Once the other backend releases it, the next build removes it.
+    second = guest_image(cache, runtime_dir=cache)
+    assert not in_use.exists()
+    image.release()
+    second.release()
+
+
+def test_stale_removal_spares_held_image(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _install(cache, tmp_path)
+    image = guest_image(cache, runtime_dir=cache)
+    newer = cache / f"initramfs-{'2' * 16}.cpio"
+    newer.write_bytes(b"the initramfs of a newer init script")
+
+    # A backend with the newer init must not delete the file this one still boots.
+    assert remove_stale_initramfs(cache, keep=newer) == []
+    assert image.initramfs.exists()
+    image.release()
+    assert remove_stale_initramfs(cache, keep=newer) == [image.initramfs]
+    assert not image.initramfs.exists()

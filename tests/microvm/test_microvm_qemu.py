@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from provisioner.microvm import tls_message
 from provisioner.microvm_host import (
     HOST_MIB_PER_VM,
     MAX_DEFAULT_POOL,
+    POOL_MEMORY_SHARE,
     default_pool_size,
     find_qemu_pid,
     find_relay_pids,
@@ -24,7 +26,9 @@ from provisioner.microvm_qemu import (
     host_shares,
     kernel_command_line,
     qemu_command,
+    tsc_khz,
 )
+from shardbus.cli import secret_commands
 
 
 def _settings(**changes) -> GuestSettings:
@@ -141,6 +145,48 @@ def test_default_pool_size_follows_memory() -> None:
     assert default_pool_size(0) == 1
     assert default_pool_size(8 * HOST_MIB_PER_VM * 2) == 2
     assert default_pool_size(1024 * 1024) == MAX_DEFAULT_POOL
+
+
+def test_default_pool_covers_default_put() -> None:
+    parser = argparse.ArgumentParser()
+    secret_commands.register(parser.add_subparsers())
+    default_put = parser.parse_args(["secret", "put", "db/password"])
+    assert MAX_DEFAULT_POOL >= default_put.fragments
+    # The host memory at which the pool covers a default request.
+    assert default_pool_size(POOL_MEMORY_SHARE * HOST_MIB_PER_VM * default_put.fragments) >= default_put.fragments
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu MHz\t\t: 2596.138
+flags\t\t: fpu vme tsc constant_tsc nonstop_tsc
+processor\t: 1
+cpu MHz\t\t: 1400.000
+flags\t\t: fpu vme tsc constant_tsc nonstop_tsc
+"""
+
+
+@pytest.mark.parametrize("sysfs, cpuinfo, expected", [
+    ("2593906\n", _CPUINFO, 2_593_906),
+    (None, _CPUINFO, 2_596_138),
+    ("0\n", _CPUINFO, 2_596_138),
+    ("not a number\n", _CPUINFO, 2_596_138),
+    (None, _CPUINFO.replace(" constant_tsc", ""), None),
+    (None, _CPUINFO.replace("2596.138", "fast"), None),
+    (None, _CPUINFO.replace("2596.138", "nan"), None),
+    (None, "processor\t: 0\n", None),
+    (None, None, None),
+    ("2593906\n", None, 2_593_906),
+], ids=["sysfs", "cpuinfo", "sysfs-zero", "sysfs-garbage", "no-constant-tsc", "mhz-garbage", "mhz-nan",
+        "no-mhz", "no-files", "sysfs-only"])
+def test_tsc_khz_sources(tmp_path: Path, sysfs: str | None, cpuinfo: str | None, expected: int | None) -> None:
+    sysfs_file = tmp_path / "tsc_freq_khz"
+    cpuinfo_file = tmp_path / "cpuinfo"
+    if sysfs is not None:
+        sysfs_file.write_text(sysfs)
+    if cpuinfo is not None:
+        cpuinfo_file.write_text(cpuinfo)
+    assert tsc_khz(sysfs_file, cpuinfo_file) == expected
 
 
 def test_no_qemu_for_unknown_holder() -> None:

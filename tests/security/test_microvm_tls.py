@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -14,18 +12,14 @@ from provisioner.access import HolderAccess
 from provisioner.backend import HolderSpec
 from provisioner.microvm import MicroVMBackend
 from provisioner.microvm_host import find_qemu_pid, find_relay_pids
-from provisioner.microvm_image import default_cache_dir
 from schemas import codec
 from schemas.holders import HolderHeartbeat
 from shardbus.certs import acls
 from shardbus.kafka import ensure_topics
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("microvm_host")]
 
 HOLDER_ID = "holder-vmtls"
-
-if shutil.which("qemu-system-x86_64") is None or not (default_cache_dir() / "kernel" / "vmlinux").exists():
-    pytest.skip("QEMU cannot run microVM holders here: run scripts/microvm-setup", allow_module_level=True)
 
 
 class UnusedAclAdmin:
@@ -64,7 +58,8 @@ async def test_vm_holder_heartbeats_over_tls(tls_stack, tls_topics, tmp_path: Pa
                         kafka_options=admin_options)
     tls_stack.grant(acls.holder_permissions(tls_topics, HOLDER_ID))
     credentials = HolderAccess(tls_stack.authority, tls_topics, UnusedAclAdmin()).credentials(HOLDER_ID)
-    backend = MicroVMBackend(tmp_path / "logs")
+    # The console is kept past the stop so that the test can read all of it.
+    backend = MicroVMBackend(tmp_path / "logs", keep_console_logs=True)
 
     await backend.start(HolderSpec(HOLDER_ID, tls_stack.bootstrap, tls_topics.prefix, tls=credentials))
     try:
