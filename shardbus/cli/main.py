@@ -11,7 +11,7 @@ import sys
 from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shardbus.errors import ShardbusError
+from shardbus.errors import Denied, ServiceUnavailable, ShardbusError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,14 @@ def _dev(args: argparse.Namespace) -> int:
     return devstack_main(args.args)
 
 
+#: Exit statuses of the `shardbus` command besides 0, 1 (`secret list` or
+#: `audit verify` found records it cannot open or trust) and a child's own
+#: status under `shardbus run`, so that scripts can tell a denial from a typo.
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_DENIED = 4
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
-    except ShardbusError as exc:
+    except Denied as exc:
+        print(f"shardbus: denied: {exc}", file=sys.stderr)
+        return EXIT_DENIED
+    except ServiceUnavailable as exc:
         print(f"shardbus: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
+        return EXIT_UNAVAILABLE
+    except (ShardbusError, ValueError) as exc:
         print(f"shardbus: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (RedisConnectionError, KafkaConnectionError) as exc:
         from shardbus.config import Settings
         from shardbus.redis_health import without_credentials
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             f"and Redis at {without_credentials(settings.redis_url)} run ('scripts/stack up' starts both)",
             file=sys.stderr,
         )
-        return 3
+        return EXIT_UNAVAILABLE
     except BrokenPipeError:
         # The reader of stdout left early, as `| head` does. Python would
         # report the pipe again when it flushes stdout at exit.

@@ -60,8 +60,8 @@ def test_cli_put_list_run_rotate_delete(shardbus_deployment):
     delete = _cli(shardbus_deployment, "secret", "delete", "db/cli")
     assert delete.returncode == 0, delete.stderr.decode()
     run = _cli(shardbus_deployment, "run", "--app", "billing", "--secret", "CLI_SECRET=db/cli", "--", "true")
-    assert run.returncode == 2
-    assert b"secret_not_found" in run.stderr
+    assert run.returncode == 4
+    assert b"shardbus: denied: secret_not_found" in run.stderr
 
 
 def test_cli_run_exit_status_passed_through(shardbus_deployment):
