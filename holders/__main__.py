@@ -16,10 +16,11 @@ import re
 import signal
 import sys
 
-from holders.hardening import harden
+from holders.hardening import HOLDER_DATA_BYTES, HOLDER_FILE_BYTES, ResourceLimits, harden
 from holders.runtime import DEFAULT_HEARTBEAT_INTERVAL_S
 
 _HOLDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MIB = 1024 * 1024
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,11 +37,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--key-fd", type=int, default=None,
                         help="file descriptor to write '<kem> <public key hex>' to once, then close; "
                         "the provisioner reads it to tell genuine heartbeats from forged ones")
+    parser.add_argument("--max-data", type=int, default=HOLDER_DATA_BYTES // _MIB, metavar="MIB",
+                        help="the holder's RLIMIT_DATA, the private writable memory it may use, in MiB "
+                        f"(default {HOLDER_DATA_BYTES // _MIB})")
+    parser.add_argument("--max-file-size", type=int, default=HOLDER_FILE_BYTES // _MIB, metavar="MIB",
+                        help="the holder's RLIMIT_FSIZE, the largest file it may write, its log included, "
+                        f"in MiB (default {HOLDER_FILE_BYTES // _MIB})")
     args = parser.parse_args(argv)
     if not _HOLDER_ID.fullmatch(args.holder_id):
         parser.error(f"--holder-id {args.holder_id!r} is invalid: use 1-64 of A-Z a-z 0-9 . _ -")
     if args.heartbeat_interval <= 0:
         parser.error(f"--heartbeat-interval must be positive, got {args.heartbeat_interval}")
+    for option, value in (("--max-data", args.max_data), ("--max-file-size", args.max_file_size)):
+        if value <= 0:
+            parser.error(f"{option} must be a positive number of MiB, got {value}")
+    args.limits = ResourceLimits(data_bytes=args.max_data * _MIB, file_bytes=args.max_file_size * _MIB)
     return args
 
 
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s holder {args.holder_id} %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    report = harden(args.parent_pid)
+    report = harden(args.parent_pid, args.limits)
     logging.getLogger("holders").info("hardening applied: %s", ", ".join(report.applied) or "none")
     try:
         asyncio.run(_run(args))

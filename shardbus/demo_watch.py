@@ -8,9 +8,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from schemas import codec
-from schemas.messages import LifecycleEvent
+from schemas.messages import EventKind, HolderLifecycle, LifecycleEvent
 from schemas.topics import Topics
-from shardbus.errors import DecodeError
+from shardbus.errors import DecodeError, ServiceUnavailable
 from shardbus.kafka import topic_partitions
 from shardbus.kafka import client_options
 
@@ -53,19 +53,56 @@ class LifecycleWatcher:
         seen = 0
         deadline = time.monotonic() + timeout_s
         while seen < count and time.monotonic() < deadline:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        event = codec.decode(record.value)
-                    except DecodeError:
-                        continue
-                    if not isinstance(event, LifecycleEvent):
-                        continue
-                    events.append(event)
-                    if event.event == until:
-                        seen += 1
+            for event in await self._next_events():
+                events.append(event)
+                if event.event == until:
+                    seen += 1
         return events
+
+    async def per_operation_cycle(self, secret_name: str, *, timeout_s: float) -> list[LifecycleEvent]:
+        """Return every event until the per-operation holders provisioned for `secret_name` are all torn down.
+
+        Raises ServiceUnavailable, naming the holders still running, when
+        that has not happened within `timeout_s` seconds.
+        """
+        events: list[LifecycleEvent] = []
+        provisioned: set[str] = set()
+        torn_down: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while not provisioned or not provisioned <= torn_down:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(_cycle_incomplete(secret_name, provisioned, torn_down, timeout_s))
+            for event in await self._next_events():
+                events.append(event)
+                if (event.event is EventKind.HOLDER_PROVISIONED and event.secret_name == secret_name
+                        and event.detail == HolderLifecycle.PER_OPERATION.value):
+                    provisioned.update(event.holders)
+                elif event.event is EventKind.HOLDER_TORN_DOWN:
+                    torn_down.add(event.holder_id)
+        return events
+
+    async def _next_events(self) -> list[LifecycleEvent]:
+        """Return the lifecycle events of the next batch of records, skipping records that do not decode."""
+        events = []
+        batches = await self._consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            for record in records:
+                try:
+                    event = codec.decode(record.value)
+                except DecodeError:
+                    continue
+                if isinstance(event, LifecycleEvent):
+                    events.append(event)
+        return events
+
+
+def _cycle_incomplete(secret_name: str, provisioned: set[str], torn_down: set[str], timeout_s: float) -> str:
+    if not provisioned:
+        return (f"no per-operation holders were provisioned for {secret_name!r} within {timeout_s:g} s; "
+                "see the provisioner's and the authorizer's logs")
+    running = ", ".join(sorted(provisioned - torn_down))
+    return (f"the per-operation holders {running} of {secret_name!r} were not torn down within {timeout_s:g} s "
+            "after they were provisioned; see the provisioner's log")
 
 
 def describe(event: LifecycleEvent) -> str:

@@ -36,6 +36,8 @@ class Deployment:
     settings: Settings
     topics: Topics
     group: ServiceGroup
+    #: The services' TMPDIR, where the holders' working folders and faust's data folders go.
+    tmpdir: Path
 
     @property
     def home(self) -> Path:
@@ -71,21 +73,30 @@ class Deployment:
         return pids
 
 
-def _service_env(settings: Settings) -> dict[str, str]:
+def _service_env(settings: Settings, tmpdir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "SHARDBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "SHARDBUS_REDIS_URL": settings.redis_url,
         "SHARDBUS_TOPIC_PREFIX": settings.topic_prefix,
         "SHARDBUS_HOME": str(settings.home),
+        "TMPDIR": str(tmpdir),
     })
     return env
 
 
 @pytest.fixture(scope="module")
-def shardbus_deployment(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[Deployment]:
+def shardbus_deployment(request, kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[Deployment]:
+    """A deployment with its own topic prefix and running services, removed after the module's tests.
+
+    The services get a TMPDIR of their own, so a test can find every
+    temporary file of the run. A test module may set ``SERVICE_ARGS``,
+    extra command-line arguments per service name, as
+    ``ServiceGroup.service_args`` takes them.
+    """
     prefix = f"e{uuid.uuid4().hex[:8]}"
     home = tmp_path_factory.mktemp("deployment")
+    tmpdir = tmp_path_factory.mktemp("tmp")
     settings = Settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topic_prefix=prefix, home=home)
     deployment.init_deployment(home)
     for app_id, grants in APPS.items():
@@ -93,10 +104,11 @@ def shardbus_deployment(kafka_bootstrap: str, redis_url: str, tmp_path_factory) 
     topics = Topics(prefix)
     asyncio.run(ensure_topics(kafka_bootstrap, [topics.replies(app) for app in APPS]))
 
-    group = ServiceGroup(env=_service_env(settings), log_dir=home / "logs")
-    group.start()
+    group = ServiceGroup(env=_service_env(settings, tmpdir), log_dir=home / "logs",
+                         service_args=getattr(request.module, "SERVICE_ARGS", {}))
     try:
-        yield Deployment(settings=settings, topics=topics, group=group)
+        group.start()
+        yield Deployment(settings=settings, topics=topics, group=group, tmpdir=tmpdir)
     finally:
         group.stop()
         _remove_prefix(kafka_bootstrap, redis_url, prefix)

@@ -91,6 +91,23 @@ class HolderUnderTest:
         return await self.inbox.wait_for(HolderHeartbeat)  # type: ignore[return-value]
 
 
+def read_limits(pid: int) -> dict[str, tuple[str, str]]:
+    """Return the soft and hard value of each limit in /proc/PID/limits, keyed by its name ("Max data size")."""
+    with open(f"/proc/{pid}/limits", encoding="ascii") as file:
+        header, *lines = file.read().splitlines()
+    soft_at, hard_at, units_at = header.index("Soft Limit"), header.index("Hard Limit"), header.index("Units")
+    return {
+        line[:soft_at].strip(): (line[soft_at:hard_at].strip(), line[hard_at:units_at].strip())
+        for line in lines
+    }
+
+
+def read_status(pid: int) -> dict[str, str]:
+    """Return the fields of /proc/PID/status, such as VmData ("21504 kB") and SigIgn (a hex mask)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as file:
+        return {name: value.strip() for name, _, value in (line.partition(":") for line in file)}
+
+
 def start_holder_process(bootstrap: str, prefix: str, holder_id: str, log_path: Path,
                          heartbeat_interval_s: float = 1.0) -> subprocess.Popen[bytes]:
     env = {

@@ -8,6 +8,8 @@ sealed to the holder, and the reassembler that opens the reply.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +25,9 @@ from shardbus.crypto import aead, envelope
 from shardbus.crypto.keys import MasterKey
 from shardbus.store.mapping import BACKUP_SLOT
 
-from holder_harness import ROOT, HolderUnderTest
+from holders.hardening import HOLDER_DATA_BYTES, HOLDER_FILE_BYTES, HOLDER_OPEN_FILES
+
+from holder_harness import ROOT, HolderUnderTest, read_limits, read_status
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +52,11 @@ class Domain:
     def fragment_key(self, slot: str) -> bytes:
         return self.master_key.fragment_key(SECRET, VERSION, INDEX, slot)
 
-    def store(self, slot: str = "", *, seal_for: str | None = None) -> StoreFragment:
+    def store(self, slot: str = "", *, seal_for: str | None = None, fragment: bytes = FRAGMENT) -> StoreFragment:
         """Return a StoreFragment whose blob is sealed for `seal_for` (default: the slot it names)."""
         sealed_slot = seal_for or slot or self.holder.holder_id
         blob = aead.seal_fragment(
-            self.fragment_key(sealed_slot), FRAGMENT, secret_id=SECRET, version=VERSION, index=INDEX,
+            self.fragment_key(sealed_slot), fragment, secret_id=SECRET, version=VERSION, index=INDEX,
             holder_id=sealed_slot, key_version=self.master_key.version,
         )
         return StoreFragment(
@@ -298,12 +302,6 @@ async def test_sigterm_stops_holder(holder: HolderUnderTest) -> None:
     assert draining.loaded == ()
 
 
-def _core_limit(pid: int) -> str:
-    with open(f"/proc/{pid}/limits", encoding="ascii") as file:
-        line = next(line for line in file if line.startswith("Max core file size"))
-    return " ".join(line.split()[4:6])
-
-
 def _read_environ_without_privileges(pid: int) -> int:
     """Return the exit code of a child that, with every capability but CAP_IPC_LOCK dropped, reads /proc/PID/environ."""
     script = (
@@ -321,7 +319,7 @@ async def test_holder_process_not_dumpable(holder: HolderUnderTest) -> None:
     await holder.first_heartbeat()
     pid = holder.process.pid
 
-    assert _core_limit(pid) == "0 0"
+    assert read_limits(pid)["Max core file size"] == ("0", "0")
     # A control process of the same user, with the same capabilities but
     # still dumpable, is readable, which shows the check can tell them apart.
     control = subprocess.Popen(
@@ -338,3 +336,49 @@ async def test_holder_process_not_dumpable(holder: HolderUnderTest) -> None:
         control.kill()
         control.wait()
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux only")
+async def test_holder_process_resource_limits(holder: HolderUnderTest) -> None:
+    await holder.first_heartbeat()
+    pid = holder.process.pid
+
+    limits = read_limits(pid)
+    status = read_status(pid)
+    applied = next(line for line in holder.log_path.read_text().splitlines() if "hardening applied:" in line)
+
+    assert limits["Max core file size"] == ("0", "0")
+    assert limits["Max open files"] == (str(HOLDER_OPEN_FILES), str(HOLDER_OPEN_FILES))
+    assert limits["Max data size"] == (str(HOLDER_DATA_BYTES), str(HOLDER_DATA_BYTES))
+    assert limits["Max file size"] == (str(HOLDER_FILE_BYTES), str(HOLDER_FILE_BYTES))
+    assert int(status["VmData"].split()[0]) * 1024 < HOLDER_DATA_BYTES
+    # SIGXFSZ is ignored, so a write past the file size limit fails instead of killing the holder.
+    assert int(status["SigIgn"], 16) & (1 << (signal.SIGXFSZ - 1))
+    # The data limit leaves mlockall working: where the holder may lock
+    # memory (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK), its pages are locked.
+    if "memory locked" in applied:
+        assert int(status["VmLck"].split()[0]) > 0
+    assert "data size limited" in applied
+    assert "file size limited" in applied
+
+
+async def test_largest_fragment_fits_limits(holder: HolderUnderTest) -> None:
+    # A 512 KiB secret, the largest that `shardbus secret put` accepts, has
+    # fragments of up to 512 KiB.
+    fragment = os.urandom(512 * 1024)
+    domain = Domain(holder)
+    heartbeat = await holder.first_heartbeat()
+    store = domain.store(fragment=fragment)
+    await holder.send(store)
+    ack = await domain.ack(store)
+    assert ack.ok
+
+    fetch = domain.fetch(heartbeat)
+    await holder.send(fetch)
+    response = await domain.response(fetch)
+
+    assert response.error == ""
+    info = fragment_transit_info(fetch.operation_id, holder.holder_id, INDEX)
+    assert envelope.open_(domain.reassembler, response.sealed_fragment, info=info) == fragment
+    assert holder.process.poll() is None
+    assert int(read_status(holder.process.pid)["VmData"].split()[0]) * 1024 < HOLDER_DATA_BYTES
