@@ -84,7 +84,10 @@ def render_properties(config: StackConfig, node: KafkaNode, cluster: bool) -> st
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": node_dir(config, node) / "data",
-        "auto.create.topics.enable": "true",
+        # Every topic is created on purpose. With automatic creation, a
+        # producer that once wrote to a holder's topic recreates it, empty,
+        # at its next metadata refresh after the teardown deleted it.
+        "auto.create.topics.enable": "false",
         "num.partitions": 1,
         "default.replication.factor": replicas,
         "min.insync.replicas": min_isr,

@@ -164,6 +164,7 @@ async def test_replay_output_has_no_secret_bytes(audit_deployment, raw_producer,
     # The other topics of the deployment carry the secret and its fragments;
     # the replay must read neither.
     topics = audit_deployment.topics
+    await kafka_admin.create(topics.fragments, topics.replies("billing"))
     for fragment in fragments.fragments:
         await raw_producer.send_and_wait(topics.fragments, fragment.to_bytes())
     await raw_producer.send_and_wait(topics.replies("billing"), secret)

@@ -114,7 +114,10 @@ async def test_failed_holder_timeline(audit_env, capsys):
     actions = _signed_actions(failed)
     assert actions[0] == ("provisioner", "holder.provisioned")
     assert ("authorizer", "fetch.sent") in actions
-    assert ("reassembler", "fragment.received") in actions
+    # At 2-of-3 the victim's fragment may come third, after the secret was
+    # rebuilt, and the reassembler then records it as ignored.
+    reassembler_actions = {action for source, action in actions if source == "reassembler"}
+    assert reassembler_actions & {"fragment.received", "fragment.ignored"}
     assert ("provisioner", "holder.returned") in actions
     assert actions[-2:] == [("provisioner", "holder.failed"), ("authorizer", "holder.replaced")]
     assert all(event["verified"] is True for event in failed["events"] if event["source"] != "lifecycle")

@@ -81,7 +81,7 @@ def test_single_node_properties(tmp_path):
     assert properties["transaction.state.log.replication.factor"] == "1"
     assert properties["transaction.state.log.min.isr"] == "1"
     assert properties["group.initial.rebalance.delay.ms"] == "0"
-    assert properties["auto.create.topics.enable"] == "true"
+    assert properties["auto.create.topics.enable"] == "false"
 
 
 def test_cluster_node_properties(tmp_path):
