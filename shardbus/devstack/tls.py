@@ -103,7 +103,7 @@ def _ensure_certificates(tls: TlsSettings) -> None:
     except ImportError as exc:
         raise StackError(
             f"the TLS stack issues certificates with the cryptography package, which failed to import ({exc}); "
-            "run it with the project's interpreter: .venv/bin/python -m shardbus.devstack up --tls"
+            "create the project's .venv first (scripts/test or scripts/demo does), which scripts/stack then uses"
         ) from None
     folder = TlsFolder(tls.tls_dir)
     authority, _ = folder.create_ca()
