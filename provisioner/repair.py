@@ -24,6 +24,10 @@ authorizer's chain: ``holder.replaced`` for the failed holder and
 The backup copy stays sealed end to end: neither the repair nor the new
 holder ever sees the plaintext fragment.
 
+The repair acts only on an event whose signature verifies with the audit
+key (shardbus.audit.events); the provisioner, which reads the same topic,
+dead-letters the others.
+
 An event processed twice finds the placement moved already and does
 nothing. If the restore fails, the new holder is released (the provisioner
 tears it down) and the error propagates, so the event is retried.
@@ -48,7 +52,9 @@ from schemas import codec
 from schemas.holders import EventKind, HolderAck, HolderLifecycle, LifecycleEvent, StoreFragment
 from schemas.topics import Topics
 from shardbus.audit import AuditUnavailable
-from shardbus.errors import DecodeError, ServiceUnavailable
+from shardbus.audit.events import verify_event
+from shardbus.crypto.signing import VerifyKey
+from shardbus.errors import DecodeError, IntegrityError, ServiceUnavailable
 from shardbus.kafka import client_options, topic_partitions
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable, Placement, VersionRecord
 
@@ -176,7 +182,9 @@ class HolderRepair:
         announce: AnnounceFn,
         audit: AuditFn,
         clock_ms: Callable[[], int],
+        verify_key: VerifyKey,
     ) -> None:
+        """`verify_key` is the audit public key, which every event read must be signed for."""
         self._mapping = mapping
         self._registry = registry
         self._request_holder = request_holder
@@ -184,21 +192,29 @@ class HolderRepair:
         self._announce = announce
         self._audit = audit
         self._clock_ms = clock_ms
+        self._verify_key = verify_key
 
     async def handle_encoded(self, value: bytes) -> None:
         """Decode one record of ``{p}.lifecycle`` and handle it.
 
-        Records that do not decode are left to the provisioner, which
-        consumes the same topic and dead-letters them.
+        Records that do not decode or whose signature does not verify are
+        left to the provisioner, which consumes the same topic and
+        dead-letters them.
         """
         try:
             message = codec.decode(value, LifecycleEvent)
         except DecodeError:
             return
+        try:
+            verify_event(message, self._verify_key)
+        except IntegrityError:
+            log.warning("ignored %s event for holder %s: its signature does not verify with the audit key",
+                        message.event.value, message.holder_id or "-")
+            return
         await self.handle(message)
 
     async def handle(self, event: LifecycleEvent) -> None:
-        """Replace the holder a ``holder_failed`` event names, if it had a placed fragment."""
+        """Replace the holder a verified ``holder_failed`` event names, if it had a placed fragment."""
         if event.event is not EventKind.HOLDER_FAILED or not event.holder_id or not event.secret_name:
             return
         failed_id, name = event.holder_id, event.secret_name

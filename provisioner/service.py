@@ -17,6 +17,10 @@ It consumes three topics:
   ``holders_released`` tears down the holders it names, whose fragments were
   destroyed. With mutual TLS only the services may write this topic
   (shardbus.certs.acls); holders acknowledge commands on ``{p}.acks``.
+  The provisioner acts only on an event signed with the audit key
+  (shardbus.audit.events), and dead-letters one whose signature does not
+  verify, so a principal without that key cannot make it tear holders down.
+  It signs the events it sends with the same key.
 
 A watcher marks a holder failed, with a ``holder_failed`` event, when its
 process exits or its heartbeats stop, and tears down a per-operation holder
@@ -76,7 +80,8 @@ from schemas.holders import (
 )
 from schemas.topics import Topics
 from shardbus.audit import AuditLog, AuditUnavailable, actions
-from shardbus.errors import DecodeError, ServiceUnavailable
+from shardbus.audit.events import verify_event
+from shardbus.errors import DecodeError, IntegrityError, ServiceUnavailable
 from shardbus.kafka import RELIABLE_PRODUCER, client_options, ensure_topics, topic_partitions
 from shardbus.readiness import mark_ready
 
@@ -123,6 +128,8 @@ class Provisioner:
         self.registry = HolderRegistry(redis, topics.prefix, clock_ms=clock_ms)
         self._clock_ms = clock_ms
         self.audit = HolderAudit(audit, redis, topics.prefix, clock_ms=clock_ms)
+        # The audit key also signs the lifecycle events sent and checks those received.
+        self._event_keys = audit
         self.supervisor = HolderSupervisor(
             bootstrap=bootstrap, topics=topics, backend=backend, registry=self.registry, config=config,
             emit=self._emit, spawn=self._spawn, on_holder_failed=on_holder_failed, clock_ms=clock_ms,
@@ -263,6 +270,17 @@ class Provisioner:
         except DecodeError as exc:
             await self._dead_letter(record.topic, record.partition, record.offset, payload, str(exc))
             return
+        if isinstance(message, LifecycleEvent):
+            try:
+                verify_event(message, self._event_keys.verify_key)
+            except IntegrityError:
+                # _dead_letter logs the one line, with the kind and ids from the reason.
+                await self._dead_letter(record.topic, record.partition, record.offset, payload,
+                                        f"LifecycleEvent.signature: expected a signature by the audit key, got one "
+                                        f"that does not verify; not acting on this {message.event.value} event "
+                                        f"(operation {message.operation_id or '-'}, holders "
+                                        f"{', '.join(message.holders) or '-'})")
+                return
         try:
             if isinstance(message, ProvisionRequest):
                 self._spawn(self.provision(message), f"provision-{message.request_id}")
@@ -416,6 +434,8 @@ class Provisioner:
     async def _send(self, topic: str, message: Message) -> None:
         if self._producer is None:
             raise RuntimeError("the provisioner's producer is not running")
+        if isinstance(message, LifecycleEvent):
+            message = self._event_keys.sign_event(message)
         try:
             await self._producer.send_and_wait(topic, codec.encode(message), key=Topics.partition_key(message))
         except KafkaError as exc:

@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated
 
-from schemas.base import Message, WireRecord, message_type
+from schemas.base import Message, WireRecord, message_type, pack_canonical
 from schemas.fields import (
     MAX_BLOB_LENGTH,
     UINT32_MAX,
@@ -240,12 +240,28 @@ class ProvisionReply(Message):
             raise FieldValueError("ProvisionReply.holders", "distinct holder ids", "a repeated holder id")
 
 
+#: Domain label in front of the canonical encoding that a LifecycleEvent's
+#: signature covers. The audit key also signs audit records, behind the label
+#: "shardbus audit record v1\x00". Neither label is a prefix of the other, so
+#: a signature over one never verifies as a signature over the other.
+LIFECYCLE_SIGNATURE_LABEL = b"shardbus/v1/lifecycle\x00"
+
+
 @message_type
 @dataclass(frozen=True, repr=False)
 class LifecycleEvent(Message):
     """Something that happened to a holder, an operation or a lease (-> ``{p}.lifecycle``).
 
     Fields that do not apply to ``event`` are "" or 0.
+
+    ``signature`` is the Ed25519 signature by the deployment's audit key over
+    ``signing_bytes()``. Every sender (controller, authorizer, reassembler,
+    provisioner) has that key already to sign its audit records, so the
+    consumers that act on an event can check that a holder of the key sent
+    it, not merely a principal allowed to write the topic (see
+    shardbus.audit.events). An event can be constructed with an empty
+    signature to compute ``signing_bytes()``; encode and decode reject it
+    until it is signed.
     """
 
     max_size = 64 * 1024
@@ -258,3 +274,23 @@ class LifecycleEvent(Message):
     secret_version: OptionalSecretVersion
     detail: FreeText
     holders: HolderIdList
+    # Empty only while the event is being built, to compute signing_bytes().
+    signature: Annotated[bytes, Blob(64, lengths=(0, 64), label="an Ed25519 signature")] = b""
+
+    def check_sendable(self) -> None:
+        if not self.signature:
+            raise FieldValueError(
+                "LifecycleEvent.signature",
+                "a 64-byte Ed25519 signature (sign signing_bytes() with the audit key before sending)",
+                "empty bytes",
+            )
+
+    def signing_bytes(self) -> bytes:
+        """Return ``LIFECYCLE_SIGNATURE_LABEL`` and the canonical msgpack encoding of every field but ``signature``.
+
+        The label keeps these signatures apart from the audit records, which
+        the same key signs under another label.
+        """
+        wire = self.to_wire()
+        del wire["signature"]
+        return LIFECYCLE_SIGNATURE_LABEL + pack_canonical(wire)

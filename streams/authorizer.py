@@ -389,6 +389,7 @@ async def serve(
             announce=lambda event: authorizer.outbox.send(topics.lifecycle, event),
             audit=authorizer.outbox.audit,
             clock_ms=authorizer.outbox.now_ms,
+            verify_key=audit.verify_key,
         )
     build_app(app, authorizer, stopped, repair)
 

@@ -11,6 +11,10 @@ StoreFragment before the FetchCommand that follows it on the same topic.
 Audit records go through a signed chain writer (shardbus.audit.AuditLog).
 A step writes its records first and acts only once they are acknowledged,
 so the audit trail has a record for every action (see docs/audit.md).
+
+Every LifecycleEvent is signed with the same audit key on its way out
+(``AuditWriter.sign_event``), because the provisioner acts only on events
+whose signature verifies (see shardbus.audit.events).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Protocol
 from schemas import codec
 from schemas.audit import DIGEST_LENGTH, AuditRecord, DeadLetter
 from schemas.base import Message
+from schemas.holders import LifecycleEvent
 from schemas.topics import Topics
 
 SendFn = Callable[[str, bytes, bytes], Awaitable[object]]
@@ -42,6 +47,8 @@ class AuditWriter(Protocol):
     """What the services need of shardbus.audit.AuditLog."""
 
     async def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[AuditRecord]: ...
+
+    def sign_event(self, event: LifecycleEvent) -> LifecycleEvent: ...
 
 
 class Outbox:
@@ -78,16 +85,25 @@ class Outbox:
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    @staticmethod
-    def outgoing(topic: str, message: Message) -> Outgoing:
-        """Encode `message` for ``send_all``, keyed as ``Topics.partition_key`` says."""
+    def outgoing(self, topic: str, message: Message) -> Outgoing:
+        """Encode `message` for ``send_all``, keyed by ``Topics.partition_key``, signing a LifecycleEvent first."""
+        message = self._signed(message)
         return topic, Topics.partition_key(message), codec.encode(message)
 
     async def send(self, topic: str, message: Message) -> bytes:
-        """Encode `message`, send it keyed as ``Topics.partition_key`` says, return the bytes."""
+        """Encode `message`, send it keyed by ``Topics.partition_key``, return the bytes.
+
+        A LifecycleEvent is signed with the audit key first.
+        """
+        message = self._signed(message)
         encoded = codec.encode(message)
         await self._send(topic, Topics.partition_key(message), encoded)
         return encoded
+
+    def _signed(self, message: Message) -> Message:
+        if isinstance(message, LifecycleEvent):
+            return self._audit.sign_event(message)
+        return message
 
     async def send_encoded(self, topic: str, key: bytes, encoded: bytes) -> None:
         """Send bytes that were encoded earlier, such as a claimed reply sent again."""
@@ -150,6 +166,12 @@ class _UnsignedChain:
                 self._prev_hash = hashlib.sha256(encoded).digest()
                 written.append(record)
         return written
+
+    def sign_event(self, event: LifecycleEvent) -> LifecycleEvent:
+        raise ValueError(
+            f"cannot sign the {event.event.value} event: an Outbox without an AuditWriter has no audit key; "
+            "pass audit=AuditLog.from_settings(...)"
+        )
 
 
 _UNSIGNED_DEFAULTS: Mapping[str, Any] = {

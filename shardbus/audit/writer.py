@@ -35,12 +35,13 @@ from aiokafka.errors import KafkaError
 
 from schemas import codec
 from schemas.audit import AuditRecord
+from schemas.holders import LifecycleEvent
 from schemas.fields import MAX_TEXT_LENGTH
 from schemas.topics import Topics
-from shardbus.audit import chain
+from shardbus.audit import chain, events
 from shardbus.audit.topic import ChainHead, ensure_audit_topic, read_chain_head
 from shardbus.config import Settings
-from shardbus.crypto.signing import SigningKey
+from shardbus.crypto.signing import SigningKey, VerifyKey
 from shardbus.errors import ConfigError, ServiceUnavailable
 from shardbus.kafka import client_options
 
@@ -157,6 +158,15 @@ class AuditLog:
         options.setdefault("kafka_options", client_options(settings))
         key = chain.load_signing_key(settings.home / "audit.key")
         return cls(settings.kafka_bootstrap, Topics(settings.topic_prefix), key, role=role, **options)
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        """The public half of the audit key, which checks records and lifecycle events."""
+        return self._key.verify_key
+
+    def sign_event(self, event: LifecycleEvent) -> LifecycleEvent:
+        """Return `event` signed with the audit key, ready to send to ``{p}.lifecycle``."""
+        return events.sign_event(event, self._key)
 
     @property
     def next_sequence(self) -> int | None:

@@ -10,7 +10,9 @@ secret.
 
 With an audit log, each change is recorded (secret.stored, secret.rotated,
 secret.deleted) before the mapping table changes; when the record cannot be
-written, the change does not happen.
+written, the change does not happen. Deleting or rotating away fragments
+needs the audit log: its key signs the ``holders_released`` event, and the
+provisioner tears holders down only on a signed one.
 """
 
 from __future__ import annotations
@@ -243,6 +245,12 @@ class SecretStore:
         """Destroy one version's fragments on its holders; return the holders that did not ack."""
         if not placements:
             return []
+        if self._audit is None:
+            # Checked before any fragment is destroyed, so no holder is left without its teardown.
+            raise ValueError(
+                "a SecretStore without an AuditLog cannot sign the holders_released event that lets the "
+                "provisioner tear the holders down; pass audit=AuditLog.from_settings(settings, 'controller')"
+            )
         commands = [
             DestroyFragment(
                 holder_id=p.holder_id, secret_name=name, secret_version=version,
@@ -265,6 +273,8 @@ class SecretStore:
             detail="fragments destroyed; the holders may be torn down",
             holders=tuple(holder_ids),
         )
+        # The provisioner acts only on events signed with the audit key.
+        event = self._audit.sign_event(event)
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **client_options())
         await producer.start()
         try:

@@ -12,17 +12,21 @@ from audit_support import T0, FakeClock, op_id
 from schemas import codec
 from schemas.holders import EventKind, LifecycleEvent
 from shardbus.audit import AuditLog
+from shardbus.audit.events import sign_event
+from shardbus.crypto.signing import SigningKey
 from shardbus.sharing.fragmentation import Policy, split_secret
 
 pytestmark = pytest.mark.integration
 
 LEASED, DENIED, MISSING = op_id(0xA), op_id(0xB), op_id(0xC)
+EVENT_KEY = SigningKey.generate()
 
 
 async def send_lifecycle(producer, topic: str, clock: FakeClock, event: EventKind, **fields) -> None:
     values = dict(holder_id="", operation_id="", secret_name="", secret_version=0, detail="", holders=())
     values.update(fields)
-    message = LifecycleEvent(event=event, at_ms=clock.now_ms, **values)
+    # Replay only reads events, so any key will do for the signature they must carry.
+    message = sign_event(LifecycleEvent(event=event, at_ms=clock.now_ms, **values), EVENT_KEY)
     await producer.send_and_wait(topic, codec.encode(message), timestamp_ms=clock.now_ms)
 
 

@@ -35,8 +35,10 @@ from redis.asyncio import Redis
 from schemas import codec
 from schemas.messages import ErrorReply, OperationPlan, OperationRequest, Reason
 from schemas.topics import Topics
+from shardbus.audit.events import sign_event
 from shardbus.crypto import envelope
 from shardbus.crypto.keys import MasterKey
+from shardbus.crypto.signing import SigningKey
 from shardbus.errors import ConfigError
 from shardbus.store.mapping import Placement, VersionRecord
 from streams import authorizer as authorizer_module
@@ -422,10 +424,14 @@ class _AuditRecorder:
 
     def __init__(self) -> None:
         self.entries: list = []
+        self.key = SigningKey.generate()
 
     async def record_many(self, entries):
         self.entries.extend(entries)
         return []
+
+    def sign_event(self, event):
+        return sign_event(event, self.key)
 
 
 def _silent_plan(reassembler_key: envelope.PublicKey, *, deadline_ms: int) -> OperationPlan:

@@ -31,6 +31,7 @@ from schemas.holders import EventKind, LifecycleEvent
 from schemas.topics import Topics
 from shardbus.audit import ROLE_PARTITIONS, AuditUnavailable
 from shardbus.audit.chain import load_signing_key
+from shardbus.audit.events import sign_event
 from shardbus.cli.main import main
 from shardbus.deployment import init_deployment
 
@@ -65,7 +66,9 @@ class Audited:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(self.topics.lifecycle, codec.encode(event), key=b"test")
+            # The provisioner acts only on events signed with the deployment's audit key.
+            signed = sign_event(event, load_signing_key(self.home / "audit.key"))
+            await producer.send_and_wait(self.topics.lifecycle, codec.encode(signed), key=b"test")
         finally:
             await producer.stop()
 

@@ -11,14 +11,19 @@ from provisioner.api import GrantedHolder
 from provisioner.registry import HolderRegistry, HolderState
 from provisioner.repair import HolderRepair
 from schemas import codec
+from schemas.base import pack_canonical
 from schemas.holders import EventKind, HolderAck, LifecycleEvent, StoreFragment
+from shardbus.audit.events import sign_event
 from shardbus.crypto.keys import MasterKey
+from shardbus.crypto.signing import SigningKey
 from shardbus.errors import ServiceUnavailable
 from shardbus.store.mapping import BACKUP_SLOT, MappingTable, Placement, SecretRecord, VersionRecord
 
 pytestmark = pytest.mark.integration
 
 NAME = "db/repair"
+
+AUDIT_KEY = SigningKey.generate()
 
 
 class FakeCluster:
@@ -72,6 +77,7 @@ async def _setup(redis: Redis, prefix: str, cluster: FakeCluster, *, backup: boo
     repair = HolderRepair(
         mapping=table, registry=registry, request_holder=cluster.request_holder, store_fragment=cluster.store,
         announce=cluster.announce, audit=cluster.audit, clock_ms=lambda: int(time.time() * 1000),
+        verify_key=AUDIT_KEY.verify_key,
     )
     return repair, table
 
@@ -86,7 +92,7 @@ async def test_repair_restores_backup(redis, redis_prefix) -> None:
     cluster = FakeCluster()
     repair, table = await _setup(redis, redis_prefix, cluster)
 
-    await repair.handle_encoded(codec.encode(_failed()))
+    await repair.handle_encoded(codec.encode(sign_event(_failed(), AUDIT_KEY)))
 
     assert cluster.requested == [(NAME, 1)]
     [command] = cluster.stored
@@ -173,3 +179,21 @@ async def test_repair_ignores_other_events(redis, redis_prefix) -> None:
     await repair.handle_encoded(b"not a message")
 
     assert cluster.requested == []
+
+
+@pytest.mark.parametrize("key", [None, SigningKey.generate()], ids=["unsigned", "other-key"])
+async def test_repair_ignores_events_not_signed_by_the_audit_key(redis, redis_prefix, key) -> None:
+    cluster = FakeCluster()
+    repair, table = await _setup(redis, redis_prefix, cluster)
+    if key is None:
+        encoded = pack_canonical(_failed().to_wire())
+    else:
+        encoded = codec.encode(sign_event(_failed(), key))
+
+    await repair.handle_encoded(encoded)
+
+    assert cluster.requested == []
+    assert cluster.announced == []
+    record = await table.get(NAME)
+    assert record is not None
+    assert record.versions[1].holder_of(2) == "h2"

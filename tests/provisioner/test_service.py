@@ -13,11 +13,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from provisioner.api import ProvisionerClient, request_holders
 from provisioner.registry import HolderState
-from provisioner_harness import RunningProvisioner, eventually, process_exists
+from provisioner_harness import AUDIT_KEY, RunningProvisioner, eventually, process_exists
 from schemas import codec
+from schemas.base import pack_canonical
 from schemas.audit import DeadLetter
 from schemas.holders import EventKind, LifecycleEvent
 from schemas.topics import Topics
+from shardbus.audit.events import sign_event
+from shardbus.crypto.signing import SigningKey
 from shardbus.errors import ServiceUnavailable
 
 pytestmark = pytest.mark.integration
@@ -94,7 +97,7 @@ async def test_per_operation_holders_torn_down(provisioner: RunningProvisioner, 
 
     completed = LifecycleEvent(event=EventKind.OPERATION_COMPLETED, at_ms=1, holder_id="", operation_id=OPERATION,
                                secret_name="db/pw", secret_version=1, detail="lease issued", holders=tuple(ids))
-    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(completed))
+    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(sign_event(completed, AUDIT_KEY)))
 
     for holder_id in ids:
         event = await provisioner.inbox.wait_for(
@@ -132,7 +135,7 @@ async def test_lease_end_returns_pooled_holder(
 
     ended = LifecycleEvent(event=kind, at_ms=1, holder_id="", operation_id=OPERATION,
                            secret_name="db/pw", secret_version=1, detail="", holders=(holder_id,))
-    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(ended))
+    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(sign_event(ended, AUDIT_KEY)))
     event = await provisioner.inbox.wait_for(LifecycleEvent, lambda e: e.event == EventKind.HOLDER_RETURNED)
 
     assert event.holder_id == holder_id
@@ -147,11 +150,53 @@ async def test_holders_released_tears_down(provisioner: RunningProvisioner, kafk
 
     released = LifecycleEvent(event=EventKind.HOLDERS_RELEASED, at_ms=1, holder_id="", operation_id="",
                               secret_name="db/pw", secret_version=1, detail="deleted", holders=(holder_id,))
-    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(released))
+    await _send(kafka_bootstrap, provisioner.topics.lifecycle, codec.encode(sign_event(released, AUDIT_KEY)))
     await provisioner.inbox.wait_for(
         LifecycleEvent, lambda e: e.event == EventKind.HOLDER_TORN_DOWN and e.holder_id == holder_id
     )
 
+    record = await provisioner.service.registry.get(holder_id)
+    assert record is not None
+    assert record.state is HolderState.TORN_DOWN
+
+
+async def test_forged_holders_released_is_dead_lettered(provisioner: RunningProvisioner, kafka_bootstrap: str) -> None:
+    # A principal that may write the lifecycle topic but lacks the audit key
+    # sends holders_released unsigned and signed by another key. Neither
+    # tears the holder down; the same event signed with the audit key does.
+    granted = await request_holders(kafka_bootstrap, provisioner.topics, 1, "pooled",
+                                    secret_name="db/forged", secret_version=1, timeout_s=60)
+    holder_id = granted[0].holder_id
+    released = LifecycleEvent(event=EventKind.HOLDERS_RELEASED, at_ms=1, holder_id="", operation_id="",
+                              secret_name="db/forged", secret_version=1, detail="forged", holders=(holder_id,))
+    unsigned = pack_canonical(released.to_wire())
+    wrongly_signed = codec.encode(sign_event(released, SigningKey.generate()))
+    lifecycle = provisioner.topics.lifecycle
+
+    await _send(kafka_bootstrap, lifecycle, unsigned)
+    await _send(kafka_bootstrap, lifecycle, wrongly_signed)
+    unsigned_letter = await provisioner.inbox.wait_for(
+        DeadLetter, lambda d: d.source_topic == lifecycle and d.payload_sha256 == hashlib.sha256(unsigned).digest()
+    )
+    forged_letter = await provisioner.inbox.wait_for(
+        DeadLetter,
+        lambda d: d.source_topic == lifecycle and d.payload_sha256 == hashlib.sha256(wrongly_signed).digest(),
+    )
+
+    assert "LifecycleEvent.signature" in unsigned_letter.reason
+    assert "does not verify" in forged_letter.reason
+    assert "holders_released" in forged_letter.reason and holder_id in forged_letter.reason
+    assert provisioner.service.backend.is_alive(holder_id)
+    record = await provisioner.service.registry.get(holder_id)
+    assert record is not None
+    assert record.state is HolderState.ASSIGNED
+    assert not [m for m in provisioner.inbox.messages
+                if isinstance(m, LifecycleEvent) and m.event == EventKind.HOLDER_TORN_DOWN and m.holder_id == holder_id]
+
+    await _send(kafka_bootstrap, lifecycle, codec.encode(sign_event(released, AUDIT_KEY)))
+    await provisioner.inbox.wait_for(
+        LifecycleEvent, lambda e: e.event == EventKind.HOLDER_TORN_DOWN and e.holder_id == holder_id
+    )
     record = await provisioner.service.registry.get(holder_id)
     assert record is not None
     assert record.state is HolderState.TORN_DOWN

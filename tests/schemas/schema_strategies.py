@@ -36,6 +36,7 @@ from schemas.messages import (
     HolderHeartbeat,
     HolderLifecycle,
     HolderSlot,
+    LifecycleEvent,
     OperationPlan,
     OperationRequest,
     ProvisionedHolder,
@@ -146,6 +147,7 @@ def _fix_provision_reply(draw: Any, values: dict[str, Any]) -> None:
 _FIXES: dict[type[WireRecord], list[Callable[[Any, dict[str, Any]], None]]] = {
     OperationRequest: [_fix_public_key("reply_public_key", "reply_kem"), _fix_signature],
     ReleaseRequest: [_fix_signature],
+    LifecycleEvent: [_fix_signature],
     OperationPlan: [_fix_public_key("reply_public_key", "reply_kem"), _fix_plan],
     FetchCommand: [_fix_public_key("reassembler_public_key", "reassembler_kem")],
     FragmentResponse: [_fix_fragment_response],

@@ -8,6 +8,8 @@ from aiokafka import AIOKafkaProducer
 from schemas import codec
 from schemas.messages import EventKind, LifecycleEvent
 from schemas.topics import Topics
+from shardbus.audit.events import sign_event
+from shardbus.crypto.signing import SigningKey
 from shardbus.demo_watch import LifecycleWatcher
 from shardbus.errors import ServiceUnavailable
 
@@ -38,7 +40,9 @@ async def _send(bootstrap: str, topic: str, *events: LifecycleEvent) -> None:
     await producer.start()
     try:
         for event in events:
-            await producer.send_and_wait(topic, codec.encode(event), key=Topics.partition_key(event))
+            # The watcher only reads events, so any key will do for the signature they must carry.
+            signed = sign_event(event, SigningKey.generate())
+            await producer.send_and_wait(topic, codec.encode(signed), key=Topics.partition_key(event))
     finally:
         await producer.stop()
 
