@@ -121,7 +121,7 @@ class HolderTimeline:
             flag("recorded_late", f"{self.late_records} records of holder {holder} were written late, "
                                   "after their action, because the audit log was unavailable or slow")
         if self.unverified:
-            flag("unverified_record", f"{self.unverified} audit records of holder {holder} fail their signature check")
+            flag("unverified_record", f"{self.unverified} records or events of holder {holder} fail their signature check")
         if self.events_not_kept:
             flag("too_many_events", f"{self.events_not_kept} events beyond the first {MAX_EVENTS} were not kept")
         return found

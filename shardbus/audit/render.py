@@ -95,6 +95,11 @@ class TableSink:
                 f"! {stats.undecodable} undecodable audit records and {stats.unverified} that fail their "
                 "signature check were found; run 'shardbus audit verify' for their offsets"
             )
+        if stats.unverified_events:
+            self._line(
+                f"! {stats.unverified_events} lifecycle events fail their signature check; "
+                "the timelines mark them (UNVERIFIED), and --format jsonl gives their offsets"
+            )
 
     def _rows(self, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         widths = [min(_MAX_COLUMN, max(len(row[i]) for row in [columns, *rows])) for i in range(len(columns) - 1)]

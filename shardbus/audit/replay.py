@@ -34,6 +34,7 @@ from schemas.audit import AuditRecord
 from schemas.holders import LifecycleEvent
 from shardbus.audit import actions
 from shardbus.audit.chain import verify_record
+from shardbus.audit.events import verify_event
 from shardbus.audit.holder_timeline import HolderTimeline
 from shardbus.audit.stream import TopicReader, TopicRecord
 from shardbus.audit.timeline import Anomaly, Event, Status, Timeline
@@ -77,6 +78,7 @@ class Stats:
     lifecycle_events: int = 0
     undecodable: int = 0
     unverified: int = 0
+    unverified_events: int = 0
     operations: collections.Counter = field(default_factory=collections.Counter)
     operations_filtered_out: int = 0
     anomalies: int = 0
@@ -86,6 +88,7 @@ class Stats:
         return {
             "type": "summary", "audit_records": self.audit_records, "lifecycle_events": self.lifecycle_events,
             "undecodable": self.undecodable, "unverified": self.unverified,
+            "unverified_events": self.unverified_events,
             "operations": {str(status): count for status, count in sorted(self.operations.items())},
             "operations_filtered_out": self.operations_filtered_out, "anomalies": self.anomalies,
             "loose_events": self.loose_events,
@@ -222,9 +225,17 @@ class Replayer:
             # HolderAcks written before they moved to {p}.acks, and forged
             # records, do not decode as events; the replay skips them.
             return
+        verified = None
+        if self.verify_key is not None:
+            try:
+                verify_event(message, self.verify_key)
+                verified = True
+            except IntegrityError:
+                verified = False
+                self.stats.unverified_events += 1
         event = Event(
             message.at_ms, "lifecycle", actions.lifecycle_action(message.event), message.holder_id,
-            detail=message.detail, where=f"{item.topic}:{item.partition}@{item.offset}",
+            detail=message.detail, verified=verified, where=f"{item.topic}:{item.partition}@{item.offset}",
         )
         self._note_holder(event, message.operation_id, message.secret_name, message.secret_version, message.holders)
         self._route(event, message.operation_id, "", message.secret_name, message.secret_version, message.holders)

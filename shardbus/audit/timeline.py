@@ -45,8 +45,8 @@ class Event:
     outcome: str = ""
     reason: str = ""
     detail: str = ""
-    #: Whether the audit record's signature verified: None when no key was
-    #: given, and for lifecycle events, which are not signed.
+    #: Whether the signature of the audit record or lifecycle event
+    #: verified, or None when the replay was given no key.
     verified: bool | None = None
     #: Where the event was read, as "topic:partition@offset".
     where: str = ""
@@ -204,7 +204,7 @@ class Timeline:
             flag("holder_not_torn_down", f"per-operation holder {holder} was loaded but not torn down", holder)
         unverified = sum(1 for event in self.events if event.verified is False)
         if unverified:
-            flag("unverified_record", f"{unverified} audit records of this operation fail their signature check")
+            flag("unverified_record", f"{unverified} records or events of this operation fail their signature check")
         if self.events_not_kept:
             flag("too_many_events", f"{self.events_not_kept} events beyond the first {MAX_EVENTS} were not kept")
         return found

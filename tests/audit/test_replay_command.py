@@ -19,15 +19,14 @@ from shardbus.sharing.fragmentation import Policy, split_secret
 pytestmark = pytest.mark.integration
 
 LEASED, DENIED, MISSING = op_id(0xA), op_id(0xB), op_id(0xC)
-EVENT_KEY = SigningKey.generate()
 
 
-async def send_lifecycle(producer, topic: str, clock: FakeClock, event: EventKind, **fields) -> None:
+async def send_lifecycle(producer, deployment, clock: FakeClock, event: EventKind, **fields) -> None:
+    """Write a lifecycle event signed with the deployment's audit key, as the services do."""
     values = dict(holder_id="", operation_id="", secret_name="", secret_version=0, detail="", holders=())
     values.update(fields)
-    # Replay only reads events, so any key will do for the signature they must carry.
-    message = sign_event(LifecycleEvent(event=event, at_ms=clock.now_ms, **values), EVENT_KEY)
-    await producer.send_and_wait(topic, codec.encode(message), timestamp_ms=clock.now_ms)
+    message = sign_event(LifecycleEvent(event=event, at_ms=clock.now_ms, **values), deployment.key)
+    await producer.send_and_wait(deployment.topics.lifecycle, codec.encode(message), timestamp_ms=clock.now_ms)
 
 
 async def write_scenario(deployment, producer, kafka_admin, *, lease_detail: str = "") -> FakeClock:
@@ -62,7 +61,7 @@ async def write_scenario(deployment, producer, kafka_admin, *, lease_detail: str
         clock.advance(100)
         await authorizer.record("request.accepted", outcome="accepted", **missing)
         clock.advance(1)
-        await send_lifecycle(producer, topics.lifecycle, clock, EventKind.HOLDERS_LOADED, operation_id=MISSING,
+        await send_lifecycle(producer, deployment, clock, EventKind.HOLDERS_LOADED, operation_id=MISSING,
                              secret_name="api/token", secret_version=1, holders=("p1", "p2"))
         clock.advance(1)
         await authorizer.record_many(dict(action="fetch.sent", holder_id=h, **missing) for h in ("p1", "p2"))
@@ -73,10 +72,10 @@ async def write_scenario(deployment, producer, kafka_admin, *, lease_detail: str
                                  detail="holder p2 did not answer before the deadline", **missing)
         for holder in ("p1", "p2"):
             clock.advance(1)
-            await send_lifecycle(producer, topics.lifecycle, clock, EventKind.HOLDER_TORN_DOWN, holder_id=holder)
+            await send_lifecycle(producer, deployment, clock, EventKind.HOLDER_TORN_DOWN, holder_id=holder)
 
         clock.advance(30_000)
-        await send_lifecycle(producer, topics.lifecycle, clock, EventKind.LEASE_RELEASED, operation_id=LEASED)
+        await send_lifecycle(producer, deployment, clock, EventKind.LEASE_RELEASED, operation_id=LEASED)
     return clock
 
 
@@ -208,3 +207,23 @@ async def test_anomalies_in_replay(audit_deployment, raw_producer, kafka_admin, 
     [open_operation] = [t for t in items if t["type"] == "operation" and t["operation_id"] == op_id(0x200)]
     assert open_operation["status"] == "incomplete: open at end"
     assert [a["kind"] for a in open_operation["anomalies"]] == ["no_final_reply"]
+
+
+async def test_forged_lifecycle_event_marked_unverified(audit_deployment, raw_producer, kafka_admin, capsys):
+    topics = audit_deployment.topics
+    await kafka_admin.create(topics.audit, topics.lifecycle)
+    released = LifecycleEvent(
+        event=EventKind.HOLDERS_RELEASED, at_ms=1_700_000_000_000, holder_id="", operation_id="",
+        secret_name="db/forged", secret_version=1, detail="fragments destroyed", holders=("holder-1",),
+    )
+    forger = SigningKey.generate()
+    await raw_producer.send_and_wait(topics.lifecycle, codec.encode(sign_event(released, audit_deployment.key)))
+    await raw_producer.send_and_wait(topics.lifecycle, codec.encode(sign_event(released, forger)))
+
+    assert await audit_deployment.cli("replay", "--holder", "holder-1", "--format", "jsonl") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    summary = lines[-1]
+    assert summary["lifecycle_events"] == 2
+    assert summary["unverified_events"] == 1
+    holder = next(line for line in lines if line["type"] == "holder")
+    assert [event["verified"] for event in holder["events"]] == [True, False]
