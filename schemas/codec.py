@@ -33,12 +33,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, overload
 
-import msgpack
-
 import schemas.messages  # noqa: F401  (registers every message type)
 from schemas.base import FORMAT_VERSION, MESSAGE_TYPES, Message, pack_canonical, wire_fields
 from schemas.fields import MAX_BLOB_LENGTH, MAX_TEXT_LENGTH, Array, FieldError, Kind, Nested, describe
 from shardbus.errors import DecodeError
+from shardbus.strict_msgpack import unpack_strict
 
 __all__ = ["decode", "encode", "max_size_for"]
 
@@ -147,31 +146,15 @@ def _accepted_types(expected: type[Message] | tuple[type[Message], ...] | None) 
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> Any:
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=_MAX_STR_BYTES,
-            max_bin_len=MAX_BLOB_LENGTH,
-            max_array_len=_MAX_ARRAY_ITEMS,
-            max_map_len=_MAX_MAP_ENTRIES,
-            max_ext_len=0,
-        )
-    except msgpack.ExtraData:
-        raise DecodeError("message: trailing bytes after the msgpack map") from None
-    except UnicodeDecodeError:
-        # The exception text quotes the invalid bytes, so it is not repeated.
-        raise DecodeError("message: a msgpack str is not valid UTF-8") from None
-    except msgpack.StackError:
-        raise DecodeError("message: msgpack nesting is deeper than the unpacker allows") from None
-    except msgpack.FormatError:
-        raise DecodeError("message: not valid msgpack (a reserved format byte)") from None
-    except (ValueError, msgpack.UnpackException) as error:
-        # msgpack's other messages name a limit ("... exceeds max_bin_len") or
-        # a format problem ("incomplete input") and quote no input bytes.
-        raise DecodeError(f"message: not valid msgpack ({str(error)[:200]})") from None
+    return unpack_strict(
+        data,
+        "message",
+        use_list=True,
+        max_str_len=_MAX_STR_BYTES,
+        max_bin_len=MAX_BLOB_LENGTH,
+        max_array_len=_MAX_ARRAY_ITEMS,
+        max_map_len=_MAX_MAP_ENTRIES,
+    )
 
 
 def _message_class(top: dict[Any, Any], accepted: tuple[type[Message], ...]) -> type[Message]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import msgpack
 
 from shardbus.errors import DecodeError
+from shardbus.strict_msgpack import unpack_strict
 from shardbus.sharing import ida, shamir
 
 #: Version of the fragment encoding; bump it when a field changes.
@@ -76,32 +77,16 @@ def validate_ids(secret_id: str, secret_version: int) -> None:
 
 def _unpack(data: bytes) -> object:
     """Unpack msgpack, raising DecodeError with msgpack's reason for bad input."""
-    try:
-        # The limits reject an oversized id or map inside the unpacker, before
-        # Python allocates it. The payload is bounded only by len(data).
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=False,
-            max_str_len=MAX_SECRET_ID_BYTES,
-            max_map_len=_MAX_MAP_ENTRIES,
-            max_array_len=_MAX_MAP_ENTRIES,
-            max_ext_len=0,
-        )
-    except msgpack.ExtraData:
-        raise DecodeError("fragment has trailing bytes after the msgpack map") from None
-    except UnicodeDecodeError:
-        # The exception text quotes the invalid bytes, so it is not repeated.
-        raise DecodeError("fragment has a msgpack str that is not valid UTF-8") from None
-    except msgpack.StackError:
-        raise DecodeError("fragment is not valid msgpack (nesting deeper than the unpacker allows)") from None
-    except msgpack.FormatError:
-        raise DecodeError("fragment is not valid msgpack (a reserved format byte)") from None
-    except (ValueError, msgpack.UnpackException) as error:
-        # msgpack's other messages name a limit ("... exceeds max_str_len") or
-        # a format problem ("incomplete input") and quote no input bytes.
-        raise DecodeError(f"fragment is not valid msgpack ({str(error)[:200]})") from None
+    # The limits reject an oversized id or map inside the unpacker, before
+    # Python allocates it. The payload is bounded only by len(data).
+    return unpack_strict(
+        data,
+        "fragment",
+        use_list=False,
+        max_str_len=MAX_SECRET_ID_BYTES,
+        max_map_len=_MAX_MAP_ENTRIES,
+        max_array_len=_MAX_MAP_ENTRIES,
+    )
 
 
 @dataclass(frozen=True)

@@ -402,7 +402,7 @@ def test_decoding_rejects_bad_fields(change, message):
         (msgpack.packb({str(i): i for i in range(40)}), r"not valid msgpack \(40 exceeds max_map_len\(32\)\)"),
         (msgpack.packb(list(range(40))), r"not valid msgpack \(40 exceeds max_array_len\(32\)\)"),
         (b"\xd4\x01\x00", r"not valid msgpack \(.*exceeds max_ext_len\(0\)\)"),
-        (b"\x81\xa1k\xa2\xff\xfe", "a msgpack str that is not valid UTF-8"),
+        (b"\x81\xa1k\xa2\xff\xfe", "fragment: a msgpack str is not valid UTF-8"),
     ],
     ids=["empty", "reserved-byte", "array", "int-key", "long-str", "big-map", "big-array", "ext", "bad-utf8"],
 )
@@ -414,13 +414,13 @@ def test_decoding_rejects_malformed_input(data, message):
 def test_decoding_names_truncation():
     encoded = split(b"0123456789").fragments[0].to_bytes()
     for end in (1, len(encoded) // 2, len(encoded) - 1):
-        with pytest.raises(DecodeError, match=r"fragment is not valid msgpack \(.*incomplete input\)"):
+        with pytest.raises(DecodeError, match=r"fragment: not valid msgpack \(.*incomplete input\)"):
             Fragment.from_bytes(encoded[:end])
 
 
 def test_decoding_rejects_trailing_bytes():
     fragment = split(b"0123456789").fragments[0]
-    with pytest.raises(DecodeError, match="fragment has trailing bytes after the msgpack map"):
+    with pytest.raises(DecodeError, match="fragment: trailing bytes after the msgpack map"):
         Fragment.from_bytes(fragment.to_bytes() + b"\x00")
 
 
