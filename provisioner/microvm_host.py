@@ -147,7 +147,7 @@ async def end_relays(holder_id: str) -> None:
 async def end_qemu(name: str, pid: int, alive: Callable[[], bool], timeout_s: float) -> bool:
     """Wait up to `timeout_s` for QEMU process `pid` of microVM `name` to exit, then send SIGTERM, then SIGKILL.
 
-    `alive` tells whether that QEMU still runs. Returns True when QEMU
+    `alive` returns whether that QEMU still runs. Returns True when QEMU
     exited within `timeout_s`, before any signal.
     """
     loop = asyncio.get_running_loop()

@@ -182,7 +182,7 @@ async def test_repair_ignores_other_events(redis, redis_prefix) -> None:
 
 
 @pytest.mark.parametrize("key", [None, SigningKey.generate()], ids=["unsigned", "other-key"])
-async def test_repair_ignores_events_not_signed_by_the_audit_key(redis, redis_prefix, key) -> None:
+async def test_repair_ignores_forged_events(redis, redis_prefix, key) -> None:
     cluster = FakeCluster()
     repair, table = await _setup(redis, redis_prefix, cluster)
     if key is None:

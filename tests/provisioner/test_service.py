@@ -185,7 +185,8 @@ async def test_forged_holders_released_is_dead_lettered(provisioner: RunningProv
 
     assert "LifecycleEvent.signature" in unsigned_letter.reason
     assert "does not verify" in forged_letter.reason
-    assert "holders_released" in forged_letter.reason and holder_id in forged_letter.reason
+    assert "holders_released" in forged_letter.reason
+    assert holder_id in forged_letter.reason
     assert provisioner.service.backend.is_alive(holder_id)
     record = await provisioner.service.registry.get(holder_id)
     assert record is not None

@@ -91,7 +91,7 @@ def test_event_without_the_signature_field_does_not_decode() -> None:
         codec.decode(pack_canonical(wire), LifecycleEvent)
 
 
-def test_audit_record_signature_does_not_verify_as_an_event() -> None:
+def test_audit_signature_rejected_for_event() -> None:
     # The label keeps the two uses of the audit key apart: the bare canonical
     # encoding, as an audit record's signature covers it after its own label,
     # signed by the right key, is still rejected.

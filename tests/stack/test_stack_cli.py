@@ -264,7 +264,7 @@ def test_stack_imports_only_standard_library(tmp_path):
 # A stand-in for java that reports version 17. Run as the storage tool
 # ("format") or as the broker ("broker"), it succeeds, exits with status 3
 # ("exit") or never returns ("hang"), as the test requests. It opens no port, so
-# a hanging broker never answers the readiness check.
+# a hanging broker never passes the readiness check.
 FAKE_JAVA = """#!{python}
 import sys, time
 
